@@ -1,0 +1,150 @@
+"""Model loading: a hub id, a local directory or `demo`, through transformers' Auto classes.
+
+Never with remote code: Qwen2.5-VL is native to transformers, and remote code is an attack surface.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .demo_model import DEMO_NAME, ensure_demo_model, is_demo_checkpoint
+
+DEFAULT_MODEL = "vec-ai/lychee-rerank-mm"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTIONS = ("auto", "flash_attention_2", "sdpa", "eager")
+# Processor resolution bounds (pixels): min 4 visual tokens' worth, max 1280 visual tokens' worth.
+DEFAULT_MIN_PIXELS = 4 * 28 * 28
+DEFAULT_MAX_PIXELS = 1280 * 28 * 28
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do, in one sentence."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # as asked for: hub id, directory or "demo"
+    path: str  # what from_pretrained was given
+    device: str
+    dtype: str
+    attention: str
+    parameters: int
+    load_seconds: float
+    is_demo: bool
+
+
+def default_model() -> str:
+    """The model named by $LYCHEE_MODEL, else the real Lychee reranker."""
+    return os.environ.get("LYCHEE_MODEL", "").strip() or DEFAULT_MODEL
+
+
+def resolve_dtype(dtype: str):
+    """'auto' is bf16 on GPUs that support it, fp16 on older GPUs, float32 on CPU."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_attention(attention: str, dtype) -> str:
+    """FlashAttention-2 where it is installed and usable (CUDA, half precision), else SDPA."""
+    import torch
+
+    if attention not in ATTENTIONS:
+        raise ModelLoadError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+    if attention != "auto":
+        return attention
+    flash_ready = (
+        importlib.util.find_spec("flash_attn") is not None
+        and torch.cuda.is_available()
+        and dtype in (torch.float16, torch.bfloat16)
+    )
+    return "flash_attention_2" if flash_ready else "sdpa"
+
+
+def resolve_source(name: str) -> str:
+    """What to hand to from_pretrained: a checkpoint directory, or a hub id."""
+    name = name.strip()
+    if not name:
+        raise ModelLoadError("no model named; give a hub id, a local directory, or 'demo'")
+    if name == DEMO_NAME:
+        return str(ensure_demo_model())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json: it is not a model directory")
+        return str(path)
+    # A hub id is "owner/name"; anything else that is not a directory is a path that does not exist.
+    if name.startswith((".", "/", "~")) or name.count("/") != 1 or path.exists():
+        raise ModelLoadError(f"model directory not found: {name} (give an existing directory, a hub id, or 'demo')")
+    return name
+
+
+def _explain(name: str, exc: BaseException) -> str:
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text:
+        return (
+            f"not enough memory to load {name}: it needs about 17 GB of GPU memory in bf16 "
+            "(close other programs using the GPU, or use a larger GPU)"
+        )
+    offline = any(
+        word in text
+        for word in ("connect", "offline", "resolve", "network", "timed out", "cannot find the requested files", "max retries")
+    )
+    if offline:
+        return (
+            f"could not download {name}: the Hugging Face Hub cannot be reached and it is not in the local cache; "
+            "download it where there is network and set LYCHEE_MODEL (or --model) to that directory, or use 'demo'"
+        )
+    if "not a valid model identifier" in text or "repository not found" in text or "404" in text:
+        return f"no model called {name} on the Hugging Face Hub or on disk; check the name, or use 'demo'"
+    return f"could not load {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    dtype: str = "auto",
+    attention: str = "auto",
+    device_map: str | dict | None = "auto",
+):
+    """Load (model, processor, ModelInfo) or raise ModelLoadError with a one-sentence explanation."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    name = name or default_model()
+    start = time.perf_counter()
+    source = resolve_source(name)
+    torch_dtype = resolve_dtype(dtype)
+    attn = resolve_attention(attention, torch_dtype)
+    try:
+        processor = AutoProcessor.from_pretrained(source, padding_side="left")
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=torch_dtype, device_map=device_map, attn_implementation=attn
+        )
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # every failure becomes one sentence for the user
+        raise ModelLoadError(_explain(name, exc)) from exc
+    model.eval()
+    processor.tokenizer.padding_side = "left"  # batches end where the answer starts
+    info = ModelInfo(
+        name=name,
+        path=source,
+        device=str(model.device),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        attention=attn,
+        parameters=sum(p.numel() for p in model.parameters()),
+        load_seconds=time.perf_counter() - start,
+        is_demo=is_demo_checkpoint(source) if Path(source).is_dir() else False,
+    )
+    return model, processor, info

@@ -1,0 +1,110 @@
+"""What a run produces: one result per input image, progress events, and the ranking rule."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The outcome for one input image. ``score`` is p("yes") in [0, 1]; ``rank`` is 1 for the best."""
+
+    index: int  # position in the caller's input list
+    name: str
+    score: float | None = None
+    rank: int | None = None
+    width: int | None = None  # size as the model saw it (orientation applied)
+    height: int | None = None
+    visual_tokens: int | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "error"
+        return "scored" if self.score is not None else "pending"
+
+
+def ranked(results: Iterable[ImageResult]) -> list[ImageResult]:
+    """Scored results by score (best first, ties by input order) with ranks 1..n, then errors, then
+    results not scored yet. The one ranking rule for the app, the CLI and exports."""
+    results = list(results)
+    scored = sorted((r for r in results if r.status == "scored"), key=lambda r: (-r.score, r.index))
+    rest = sorted((r for r in results if r.status != "scored"), key=lambda r: (r.status != "error", r.index))
+    return [dataclasses.replace(r, rank=i) for i, r in enumerate(scored, 1)] + [
+        dataclasses.replace(r, rank=None) for r in rest
+    ]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A finished (or stopped) run. ``results`` holds one entry per input, in input order."""
+
+    query: str
+    instruction: str
+    results: tuple[ImageResult, ...]
+    mode: str  # the execution mode actually used
+    elapsed_s: float
+    cancelled: bool = False
+    model: str = ""
+    is_demo: bool = False
+
+    def ranked(self) -> list[ImageResult]:
+        return ranked(self.results)
+
+    @property
+    def scored(self) -> list[ImageResult]:
+        return [r for r in self.results if r.status == "scored"]
+
+    @property
+    def errors(self) -> list[ImageResult]:
+        return [r for r in self.results if r.status == "error"]
+
+    @property
+    def pending(self) -> list[ImageResult]:
+        return [r for r in self.results if r.status == "pending"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Sent to the progress callback after every image (sequential) or batch (batched)."""
+
+    done: int  # images finished, scored or failed
+    total: int
+    elapsed_s: float
+    images_per_s: float
+    eta_s: float | None
+    new_results: tuple[ImageResult, ...] = field(default=())
+    batch_size: int = 0
+    token_budget: int | None = None
+    waiting: bool = False  # another run holds the model; this one is queued
+
+    def describe(self) -> str:
+        """'37/120 · 4.2 img/s · ETA 20 s'."""
+        if self.waiting:
+            return "waiting for another run to finish…"
+        text = f"{self.done}/{self.total} · {self.images_per_s:.1f} img/s"
+        if self.eta_s is not None and self.done < self.total:
+            text += f" · ETA {format_seconds(self.eta_s)}"
+        return text
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def merge_results(previous: Sequence[ImageResult], newer: Iterable[ImageResult]) -> list[ImageResult]:
+    """Replace entries of ``previous`` (by index) with finished ones from ``newer``."""
+    merged = list(previous)
+    for result in newer:
+        merged[result.index] = result
+    return merged
