@@ -80,7 +80,7 @@ def _open(source: ImageSource) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise ImageError("not an image, or an image format that cannot be read") from exc
     except OSError as exc:
-        raise ImageError(f"could not read the file: {exc}") from exc
+        raise ImageError(f"the image data is truncated or corrupt ({exc})") from exc
 
 
 def _orientation(image: Image.Image) -> int:
@@ -166,3 +166,12 @@ def load_image(source: ImageSource) -> Image.Image:
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
+
+
+def thumbnail(source: ImageSource, max_side: int = 256) -> bytes:
+    """A small JPEG of the image as the model sees it (for galleries: never ship full-size images)."""
+    image = load_image(source)
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()

@@ -98,9 +98,27 @@ class PairScorer:
             images.append(image)
         if not ok:
             return PreparedBatch([], None, failures)
+        try:
+            inputs = self._process(images)
+        except Exception as exc:
+            if len(ok) == 1:
+                return PreparedBatch([], None, failures + [(ok[0], f"the image could not be preprocessed ({exc})")])
+            # Find the culprit: each image alone, so one odd image cannot fail the others.
+            parts = [self.prepare([item]) for item in ok]
+            good = [p for p in parts if p.items]
+            if not good:
+                return PreparedBatch([], None, failures + [f for p in parts for f in p.failures])
+            failures += [f for p in parts for f in p.failures]
+            ok = [p.items[0] for p in good]
+            inputs = self._process([load_image(item.source) for item in ok])
+        if self.device.type == "cuda":
+            inputs = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return PreparedBatch(ok, inputs, failures)
+
+    def _process(self, images: list[Image.Image]) -> dict:
         per_row = [[self.query_image, image] if self.query_image is not None else [image] for image in images]
         inputs = self.processor(
-            text=[self.prompt] * len(ok),
+            text=[self.prompt] * len(images),
             images=per_row,
             padding=True,
             return_tensors="pt",
@@ -108,9 +126,7 @@ class PairScorer:
         )
         inputs = dict(inputs)
         inputs.pop("mm_token_type_ids", None)  # not a model input for image-only prompts
-        if self.device.type == "cuda":
-            inputs = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        return PreparedBatch(ok, inputs, failures)
+        return inputs
 
     # -- model ----------------------------------------------------------------------------------
     @property

@@ -34,6 +34,7 @@ STREAMLIT_CONFIG = ROOT / ".streamlit" / "config.toml"
 SERVICE = "lychee-rerank"
 PORT = 8501
 HEALTH_PATH = "/_stcore/health"
+HEALTH_URL = f"http://localhost:{PORT}{HEALTH_PATH}"
 DEFAULT_MODEL = "vec-ai/lychee-rerank-mm"
 INSTALL_HINT = "install the dev dependencies: pip install -r requirements-dev.txt"
 
@@ -163,6 +164,10 @@ def _healthcheck_argv_from_dockerfile() -> list[str]:
     _, sep, command = args.partition("CMD ")
     assert sep, f"HEALTHCHECK without CMD: {args}"
     return _exec_form("HEALTHCHECK", command.strip())
+
+
+def _urls(argv: list[str]) -> list[str]:
+    return re.findall(r"https?://[^'\"\s]+", " ".join(argv))
 
 
 def _compose_yaml() -> dict:
@@ -319,7 +324,7 @@ def test_dockerfile_exposes_streamlit_port():
 
 def test_dockerfile_healthcheck_probes_streamlit_health_endpoint():
     argv = _healthcheck_argv_from_dockerfile()
-    assert f"localhost:{PORT}{HEALTH_PATH}" in " ".join(argv), argv
+    assert _urls(argv) == [HEALTH_URL], argv
 
 
 def test_dockerfile_serves_streamlit_on_all_interfaces():
@@ -335,7 +340,8 @@ def test_healthcheck_command_reports_streamlit_health(tmp_path):
     """Runs the image's healthcheck command against a real Streamlit server on a free loopback
     port: it must succeed while the server is up and fail once it is gone."""
     argv = _healthcheck_argv_from_dockerfile()
-    assert argv[0] == "python", argv
+    assert argv[:2] == ["python", "-c"], argv
+    compile(argv[2], "HEALTHCHECK", "exec")  # a syntax error fails here, not after the wait
     port = _free_port()
     probe = [sys.executable, *[a.replace(f":{PORT}/", f":{port}/") for a in argv[1:]]]
     script = tmp_path / "hello.py"
@@ -388,7 +394,7 @@ def test_compose_file_is_valid_for_compose_spec(tmp_path):
     assert "warn" not in stderr.lower(), f"docker compose config warned:\n{stderr}"
     service = model["services"][SERVICE]
     assert service["image"] == "lychee-rerank-mm:latest", service.get("image")
-    assert Path(service["build"]["context"]) == ROOT, service["build"]
+    assert Path(service["build"]["context"]).resolve() == ROOT, service["build"]
     assert service["environment"]["LYCHEE_MODEL"] == DEFAULT_MODEL, service["environment"]
     # ${LYCHEE_MODEL:-...} follows the caller's environment.
     demo, _ = _compose_config(tmp_path, LYCHEE_MODEL="demo")
@@ -460,7 +466,7 @@ def test_compose_healthcheck_matches_image_healthcheck():
     healthcheck = _service().get("healthcheck") or {}
     test = healthcheck.get("test")
     assert isinstance(test, list) and test[0] == "CMD", healthcheck
-    assert f"localhost:{PORT}{HEALTH_PATH}" in " ".join(test), test
+    assert _urls(test) == [HEALTH_URL], test
     assert test[1:] == _healthcheck_argv_from_dockerfile(), "differs from the Dockerfile's"
 
 

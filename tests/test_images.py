@@ -1,0 +1,155 @@
+"""The image zoo: every decodable image is scored, every undecodable one gets its own error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagegen import encode, photo
+from lychee_rerank.images import ImageError, load_image, probe_image
+
+
+def rgba_half_transparent() -> bytes:
+    image = photo(60, 40).convert("RGBA")
+    alpha = Image.new("L", image.size, 255)
+    alpha.paste(0, (0, 0, 30, 40))  # left half fully transparent
+    image.putalpha(alpha)
+    return encode(image)
+
+
+def exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    return encode(photo(120, 40), "JPEG", exif=exif)
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (50, 30), colour) for colour in ("red", "green", "blue")]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def sixteen_bit_grey() -> bytes:
+    ramp = (np.arange(64 * 32, dtype=np.uint16).reshape(32, 64) * 30).astype(np.uint16)
+    return encode(Image.frombytes("I;16", (64, 32), ramp.astype("<u2").tobytes()))
+
+
+def palette_with_transparency() -> bytes:
+    image = photo(40, 40).convert("P")
+    image.info["transparency"] = 0
+    return encode(image)
+
+
+DECODABLE = {
+    "rgb.jpg": lambda: encode(photo(64, 48), "JPEG"),
+    "rgba.png": rgba_half_transparent,
+    "la.png": lambda: encode(photo(32, 32).convert("LA")),
+    "palette.png": palette_with_transparency,
+    "palette.gif": lambda: encode(photo(32, 32).convert("P"), "GIF"),
+    "cmyk.jpg": lambda: encode(photo(48, 48).convert("CMYK"), "JPEG"),
+    "cmyk.tiff": lambda: encode(photo(48, 48).convert("CMYK"), "TIFF"),
+    "grey16.png": sixteen_bit_grey,
+    "bilevel.png": lambda: encode(photo(40, 40).convert("1")),
+    "one-pixel.png": lambda: encode(Image.new("RGB", (1, 1), "white")),
+    "strip-3000x1.png": lambda: encode(Image.new("RGB", (3000, 1), "blue")),
+    "strip-2x900.png": lambda: encode(Image.new("L", (2, 900), 128)),
+    "exif-rotated.jpg": exif_rotated_jpeg,
+    "animated.gif": animated_gif,
+    "photo.webp": lambda: encode(photo(70, 50), "WEBP"),
+    "photo.bmp": lambda: encode(photo(30, 20), "BMP"),
+}
+
+UNDECODABLE = {
+    "empty.png": lambda: b"",
+    "text.jpg": lambda: "这不是图片 this is not an image".encode(),
+    "truncated.jpg": lambda: encode(photo(200, 200), "JPEG")[:600],
+    "random-bytes.png": lambda: bytes(np.random.default_rng(3).integers(0, 256, 4000, dtype=np.uint8)),
+    "png-header-only.png": lambda: b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+}
+
+
+def write_zoo(folder, files):
+    paths = []
+    for name, make in files.items():
+        path = folder / name
+        path.write_bytes(make())
+        paths.append(str(path))
+    return paths
+
+
+def test_every_decodable_image_is_scored_and_every_broken_one_gets_its_own_error(reranker, tmp_path):
+    good = write_zoo(tmp_path, DECODABLE)
+    bad = write_zoo(tmp_path, UNDECODABLE)
+    ranking = reranker.rank("一只猫 a cat", good + bad, token_budget=50_000)
+    by_name = {r.name: r for r in ranking.results}
+    for path in good:
+        assert by_name[path].status == "scored", (path, by_name[path].error)
+        assert 0.0 <= by_name[path].score <= 1.0
+    for path in bad:
+        assert by_name[path].status == "error", path
+        assert by_name[path].error and "\n" not in by_name[path].error
+
+
+def test_both_modes_handle_the_zoo_identically(reranker, tmp_path):
+    paths = write_zoo(tmp_path, DECODABLE | UNDECODABLE)
+    sequential = reranker.rank("sunset", paths, mode="sequential")
+    batched = reranker.rank("sunset", paths, mode="batched", token_budget=50_000)
+    for a, b in zip(sequential.results, batched.results):
+        assert a.status == b.status
+        assert a.error == b.error
+        if a.score is not None:
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_transparent_pixels_are_composited_on_white():
+    image = load_image(rgba_half_transparent())
+    assert image.mode == "RGB"
+    assert image.getpixel((5, 20)) == (255, 255, 255)
+    assert image.getpixel((50, 20)) != (255, 255, 255)
+
+
+def test_sixteen_bit_images_keep_their_contrast():
+    image = load_image(sixteen_bit_grey())
+    low, high = image.convert("L").getextrema()
+    assert high - low > 100  # a clipping conversion would turn almost everything white
+
+
+def test_exif_orientation_is_applied_before_sizing():
+    data = exif_rotated_jpeg()
+    assert probe_image(data).width == 40 and probe_image(data).height == 120
+    assert load_image(data).size == (40, 120)
+
+
+def test_animated_images_use_their_first_frame():
+    image = load_image(animated_gif())
+    red, green, blue = image.getpixel((10, 10))
+    assert red > 200 and green < 50 and blue < 50
+
+
+def test_long_strips_are_padded_to_an_aspect_ratio_qwen_accepts():
+    image = load_image(encode(Image.new("RGB", (3000, 1), "blue")))
+    assert image.width / image.height <= 200
+    assert probe_image(encode(Image.new("RGB", (3000, 1), "blue"))) .height == image.height
+
+
+def test_decompression_bombs_are_refused_with_a_clear_error(monkeypatch, reranker, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(encode(Image.new("L", (400, 400))))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
+    with pytest.raises(ImageError, match="too large"):
+        load_image(str(bomb))
+    ranking = reranker.rank("a cat", [str(bomb), photo(30, 30)])
+    assert ranking.results[0].status == "error" and "too large" in ranking.results[0].error
+    assert ranking.results[1].status == "scored"
+
+
+def test_images_just_under_the_pixel_limit_are_scored(monkeypatch, reranker):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300)
+    ranking = reranker.rank("a cat", [encode(photo(300, 300))], max_pixels=64 * 28 * 28)
+    assert ranking.results[0].status == "scored"
+
+
+def test_missing_files_get_an_error_not_a_crash(reranker, tmp_path):
+    ranking = reranker.rank("a cat", [str(tmp_path / "nowhere.jpg"), photo(20, 20)])
+    assert ranking.results[0].error.startswith("file not found")
+    assert ranking.results[1].status == "scored"
