@@ -16,6 +16,7 @@ from .demo_model import DEMO_NAME, ensure_demo_model, is_demo_checkpoint
 DEFAULT_MODEL = "vec-ai/lychee-rerank-mm"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTIONS = ("auto", "flash_attention_2", "sdpa", "eager")
+HUB_TIMEOUT_S = 10
 # Processor resolution bounds (pixels): min 4 visual tokens' worth, max 1280 visual tokens' worth.
 DEFAULT_MIN_PIXELS = 4 * 28 * 28
 DEFAULT_MAX_PIXELS = 1280 * 28 * 28
@@ -89,6 +90,11 @@ def resolve_source(name: str) -> str:
     return name
 
 
+OFFLINE_HINT = (
+    "download it where there is network and set LYCHEE_MODEL to that directory, or use the demo model"
+)
+
+
 def _explain(name: str, exc: BaseException) -> str:
     text = str(exc).lower()
     if isinstance(exc, MemoryError) or "out of memory" in text:
@@ -96,18 +102,36 @@ def _explain(name: str, exc: BaseException) -> str:
             f"not enough memory to load {name}: it needs about 17 GB of GPU memory in bf16 "
             "(close other programs using the GPU, or use a larger GPU)"
         )
-    offline = any(
-        word in text
-        for word in ("connect", "offline", "resolve", "network", "timed out", "cannot find the requested files", "max retries")
-    )
-    if offline:
-        return (
-            f"could not download {name}: the Hugging Face Hub cannot be reached and it is not in the local cache; "
-            "download it where there is network and set LYCHEE_MODEL (or --model) to that directory, or use 'demo'"
-        )
-    if "not a valid model identifier" in text or "repository not found" in text or "404" in text:
-        return f"no model called {name} on the Hugging Face Hub or on disk; check the name, or use 'demo'"
-    return f"could not load {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if any(word in text for word in ("connect", "offline", "resolve", "network", "timed out", "max retries")):
+        return f"could not download {name}: the Hugging Face Hub cannot be reached; {OFFLINE_HINT}"
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"could not load {name}: {first_line}"
+
+
+def _hub_check(repo_id: str) -> bool:
+    """Decide quickly how to load a hub id: True to load from the local cache only.
+
+    Without this, from_pretrained retries an unreachable hub for minutes before failing.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cached = isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str)
+    try:
+        huggingface_hub.model_info(repo_id, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError as exc:
+        if cached:
+            return True
+        raise ModelLoadError(f"{repo_id} needs a Hugging Face login: set HF_TOKEN, or use the demo model") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelLoadError(f"no model called {repo_id} on the Hugging Face Hub or on disk; check the name, or use the demo model") from exc
+    except Exception as exc:  # no network, offline mode, hub down: the cache is all there is
+        if cached:
+            return True
+        raise ModelLoadError(
+            f"could not download {repo_id}: the Hugging Face Hub cannot be reached and it is not in the local cache; {OFFLINE_HINT}"
+        ) from exc
+    return False
 
 
 def load_model(
@@ -126,10 +150,11 @@ def load_model(
     source = resolve_source(name)
     torch_dtype = resolve_dtype(dtype)
     attn = resolve_attention(attention, torch_dtype)
+    local_only = False if Path(source).is_dir() else _hub_check(source)
     try:
-        processor = AutoProcessor.from_pretrained(source, padding_side="left")
+        processor = AutoProcessor.from_pretrained(source, padding_side="left", local_files_only=local_only)
         model = AutoModelForImageTextToText.from_pretrained(
-            source, dtype=torch_dtype, device_map=device_map, attn_implementation=attn
+            source, dtype=torch_dtype, device_map=device_map, attn_implementation=attn, local_files_only=local_only
         )
     except ModelLoadError:
         raise

@@ -125,6 +125,7 @@ class Reranker:
                     planned.append(scorer.plan(i, results[i].name, source, probe_image(source)))
                 except ImageError as exc:
                     unreadable.append(ImageResult(i, results[i].name, error=str(exc)))
+            notify(Progress(0, len(images), 0.0, 0.0, None))  # started: no longer waiting
             if unreadable:
                 record(unreadable, 0, None)
 

@@ -93,3 +93,19 @@ def test_lychee_model_variable_picks_the_default_model(monkeypatch):
 def test_an_unknown_dtype_is_explained():
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         Reranker.load("demo", dtype="int3")
+
+
+def test_an_unreachable_hub_fails_at_once_without_trying_to_download(monkeypatch):
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("from_pretrained must not be tried when the hub is unreachable and nothing is cached")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", must_not_download)
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", must_not_download)
+    with pytest.raises(ModelLoadError, match="cannot be reached and it is not in the local cache"):
+        Reranker.load("vec-ai/lychee-rerank-mm")

@@ -228,6 +228,8 @@ def test_stopping_mid_run_keeps_the_finished_scores(reranker, some_photos, mode)
 def test_progress_reports_counts_rate_and_eta(reranker, some_photos):
     events = []
     reranker.rank(QUERY, some_photos, mode="sequential", progress=events.append)
+    started, events = events[0], events[1:]
+    assert started.done == 0 and not started.waiting  # the run has the model: no longer waiting
     assert [e.done for e in events] == list(range(1, len(some_photos) + 1))
     assert all(e.total == len(some_photos) for e in events)
     assert all(e.images_per_s > 0 for e in events)

@@ -1,0 +1,32 @@
+"""Lychee image reranker: the Streamlit app.
+
+    LYCHEE_MODEL=demo streamlit run app.py          # tiny random model: no GPU, no download
+    streamlit run app.py                            # the real vec-ai/lychee-rerank-mm
+
+Pages: Rerank (default) and GPU monitor. The sidebar holds the language switch and the model (loaded
+once per process, keyed by model and dtype; see ui/model.py).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import i18n
+from ui import model as model_ui
+from ui.i18n import t
+
+st.set_page_config(page_title="Lychee rerank", page_icon=":material/image_search:", layout="wide")
+
+i18n.language_selector()
+
+pages = [
+    st.Page("pages/rerank.py", title=t("nav_rerank"), icon=":material/sort:", default=True, url_path="rerank"),
+    st.Page("pages/gpu_monitor.py", title=t("nav_gpu"), icon=":material/memory:", url_path="gpu-monitor"),
+]
+navigation = st.navigation(pages)
+
+st.sidebar.subheader(t("model_header"))
+model_ui.sidebar_form()
+model_ui.sidebar_info(model_ui.active(), with_reason=navigation is not pages[0])
+
+navigation.run()

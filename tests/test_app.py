@@ -1,0 +1,417 @@
+"""The Streamlit app, driven headlessly with streamlit.testing's AppTest against the demo model (CPU, offline).
+
+The ranking runs in a background thread (ui/state.Run); a test clicks Rank, runs the script once
+(which starts the run), waits for the thread, and runs the script again to see the results, as the
+page's live fragment would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+from app_fixtures import encode, scene
+from lychee_rerank import DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, Reranker, gpu
+from lychee_rerank.gpu import GpuReading
+from ui import model as model_ui
+from ui.state import Item, QueryKey, Run
+
+ROOT = Path(__file__).resolve().parent.parent
+QUERY = "海边日落 sunset over the sea"
+CARD = re.compile(r"\*\*#(\d+)\*\* · score ([0-9.]+)")
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """Every payload handed to Streamlit's media storage (download buttons), by file name."""
+    captured: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if filename and isinstance(path_or_data, (bytes, bytearray)):
+            captured[filename] = bytes(path_or_data)
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    return captured
+
+
+@pytest.fixture
+def rank_calls(monkeypatch):
+    """Reranker.rank, wrapped to record how many images each call was given."""
+    calls: list[int] = []
+    original = Reranker.rank
+
+    def counting(self, query, images, **kwargs):
+        calls.append(len(images))
+        return original(self, query, images, **kwargs)
+
+    monkeypatch.setattr(Reranker, "rank", counting)
+    return calls
+
+
+@pytest.fixture
+def app(monkeypatch, demo_cache):
+    monkeypatch.setenv("LYCHEE_MODEL", "demo")
+    monkeypatch.setenv("LYCHEE_CACHE", str(demo_cache))
+    # `streamlit run` stops treating pages/ as an old-style page directory once the app calls
+    # st.navigation (for the whole process). AppTest resets that flag before every run, which makes
+    # its reruns execute the page alone, without app.py; keep it as the real server has it.
+    original_init = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def photos(count: int) -> list[tuple[str, bytes, str]]:
+    return [(f"photo_{i}.png", encode(scene(i, 96 + 16 * i, 72)), "image/png") for i in range(count)]
+
+
+def wait_for_run(at: AppTest) -> None:
+    """Let the background run finish, then redraw the page (what the live fragment does)."""
+    run = at.session_state["run"]
+    assert run.wait(timeout=60), "the ranking run did not finish in 60 s"
+    at.run()
+    assert not at.exception
+
+
+def rank(at: AppTest, files, query: str = QUERY) -> None:
+    at.text_input(key="query").set_value(query)
+    at.file_uploader(key="files_upload").set_value(files)
+    at.run()
+    at.button(key="rank_button").click().run()
+    assert not at.exception
+    wait_for_run(at)
+
+
+def cards(at: AppTest) -> list[tuple[int, float, str]]:
+    """Gallery cards in page order: (rank, score, file name)."""
+    scores = [(int(m[1]), float(m[2])) for m in (CARD.fullmatch(md.value) for md in at.markdown) if m]
+    names = [c.value.replace("\\", "") for c in at.caption if c.value.replace("\\", "").startswith("photo_")]
+    return [(r, s, n) for (r, s), n in zip(scores, names)]
+
+
+def table_with(at: AppTest, column: str):
+    """The st.dataframe holding ``column`` (the results table has 'preview', the errors table 'error')."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+def csv_rows(downloads) -> list[dict]:
+    text = downloads["lychee-ranking.csv"].decode("utf-8")
+    assert text.startswith("rank,file,score,error")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_rank_three_images_gallery_table_and_csv(app, downloads, rank_calls):
+    rank(app, photos(3))
+    assert rank_calls == [3]
+    run = app.session_state["run"]
+    scores = {r.name: r.score for r in run.results}
+    assert all(r.status == "scored" for r in run.results)
+
+    gallery = cards(app)
+    assert [r for r, _, _ in gallery] == [1, 2, 3]
+    assert [n for _, _, n in gallery] == sorted(scores, key=lambda n: -scores[n])
+    assert [s for _, s, _ in gallery] == sorted((s for _, s, _ in gallery), reverse=True)
+    for _, shown, name in gallery:
+        assert shown == pytest.approx(scores[name], abs=5e-5)
+    assert any("Demo model in use" in w.value for w in app.warning)  # banner on the page
+    assert any("random weights" in w.value for w in app.warning)  # and next to the results
+
+    rows = csv_rows(downloads)
+    assert [row["file"] for row in rows] == [n for _, _, n in gallery]
+    assert [row["rank"] for row in rows] == ["1", "2", "3"]
+    assert [float(row["score"]) for row in rows] == sorted((float(r["score"]) for r in rows), reverse=True)
+    assert '"is_demo": true' in downloads["lychee-ranking.json"].decode("utf-8")
+
+    app.segmented_control(key="view_as__en").set_value("table").run()
+    table = table_with(app, "preview")
+    assert list(table["file"]) == [n for _, _, n in gallery]
+    assert list(table["rank"]) == [1, 2, 3]
+    assert all(str(uri).startswith("data:image/jpeg;base64,") for uri in table["preview"])
+    assert rank_calls == [3]  # switching the view scored nothing again
+
+
+def test_broken_file_gets_an_error_row_and_the_rest_is_ranked(app, downloads):
+    files = photos(3) + [("broken.png", b"this is not an image", "image/png")]
+    rank(app, files)
+    assert len(cards(app)) == 3
+    errors = table_with(app, "error")
+    assert list(errors["file"]) == ["broken.png"]
+    assert "not an image" in errors["error"][0]
+    rows = csv_rows(downloads)
+    assert [row["rank"] for row in rows] == ["1", "2", "3", ""]
+    assert rows[-1]["file"] == "broken.png" and rows[-1]["error"]
+    assert any("1 could not be read" in c.value for c in app.caption)
+
+
+def test_filters_do_not_rescore(app, rank_calls):
+    rank(app, photos(4))
+    before = [r.score for r in app.session_state["run"].results]
+    all_cards = cards(app)
+    assert len(all_cards) == 4
+
+    app.number_input(key="top_k").set_value(2).run()
+    assert [c[2] for c in cards(app)] == [c[2] for c in all_cards[:2]]
+    app.number_input(key="top_k").set_value(0)
+    app.slider(key="min_score").set_value(max(before)).run()  # only the best one passes
+    assert [c[2] for c in cards(app)] == [all_cards[0][2]]
+    assert any(c.value == "Showing 1 of 4 scored images." for c in app.caption)
+
+    assert rank_calls == [4]
+    assert [r.score for r in app.session_state["run"].results] == before
+
+
+def test_stop_keeps_results_and_resume_ranks_only_the_rest(app, monkeypatch, rank_calls):
+    original = Reranker.rank  # rank_calls' counting wrapper
+
+    def stop_after_first_image(self, query, images, **kwargs):
+        if len(rank_calls) == 0:  # the first run: press Stop once the first image is done
+            progress, seen = kwargs["progress"], []
+
+            def spy(event):
+                progress(event)
+                seen.extend(event.new_results)
+
+            kwargs["progress"], kwargs["should_stop"] = spy, lambda: bool(seen)
+        return original(self, query, images, **kwargs)
+
+    monkeypatch.setattr(Reranker, "rank", stop_after_first_image)
+    app.radio(key="mode__en").set_value("sequential").run()
+    rank(app, photos(3))
+    run = app.session_state["run"]
+    assert run.status == "stopped"
+    assert [r.status for r in run.results].count("scored") == 1
+    assert any("Stopped: 1 of 3 images scored" in i.value for i in app.info)
+    assert len(cards(app)) == 1
+
+    app.button(key="resume_button").click().run()
+    wait_for_run(app)
+    assert rank_calls == [3, 2]  # the resume was given only the two images not scored yet
+    run = app.session_state["run"]
+    assert [r.status for r in run.results] == ["scored"] * 3
+    assert [r.index for r in run.results] == [0, 1, 2]
+    assert [r.name for r in run.results] == [f"photo_{i}.png" for i in range(3)]
+    assert len(cards(app)) == 3
+    assert not any(b.key == "resume_button" for b in app.button)
+
+
+def test_changed_query_marks_results_as_previous(app, rank_calls):
+    rank(app, photos(2))
+    app.text_input(key="query").set_value("a red product shot").run()
+    stale = [w.value for w in app.warning if "previous query" in w.value]
+    assert stale and "the query" in stale[0] and "sunset" in stale[0]
+    assert len(cards(app)) == 2  # still shown, under the banner
+    assert not any(b.key == "resume_button" for b in app.button)  # never mixed with a new query
+    assert rank_calls == [2]
+
+
+def test_added_files_keep_their_scores_and_resume_ranks_the_new_ones(app, rank_calls):
+    files = photos(3)
+    rank(app, files[:2])
+    first = {r.name: r.score for r in app.session_state["run"].results}
+    app.file_uploader(key="files_upload").set_value(files).run()
+    assert any("1 images are not scored yet" in i.value for i in app.info)
+    app.button(key="resume_button").click().run()
+    wait_for_run(app)
+    assert rank_calls == [2, 1]
+    results = {r.name: r.score for r in app.session_state["run"].results}
+    assert {k: results[k] for k in first} == first
+    assert results["photo_2.png"] is not None
+
+
+def test_missing_query_and_missing_files_are_sentences(app, rank_calls):
+    app.button(key="rank_button").click().run()
+    assert any("Upload some images first" in w.value for w in app.warning)
+    app.file_uploader(key="files_upload").set_value(photos(1)).run()
+    app.button(key="rank_button").click().run()
+    assert any("Type a query" in w.value for w in app.warning)
+    assert rank_calls == [] and not app.exception
+
+
+def test_a_failing_run_is_one_sentence(app, monkeypatch):
+    def explode(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered\nTraceback (most recent call last): ...")
+
+    monkeypatch.setattr(Reranker, "rank", explode)
+    rank(app, photos(2))
+    errors = [e.value for e in app.error]
+    assert errors == ["The run failed: CUDA error: device-side assert triggered."]
+    assert not app.exception
+
+
+def test_file_names_are_shown_as_text(app):
+    name = "[click](javascript:alert(1)) <img src=x onerror=alert(2)> *$x$*.png"
+    rank(app, [(name, encode(scene(1)), "image/png")])
+    caption = next(c.value for c in app.caption if "click" in c.value)
+    assert "\\[click\\]\\(javascript\\:alert\\(1\\)\\)" in caption
+    assert "\\<img" in caption and "\\$x\\$" in caption and "\\*" in caption
+    sources = [ROOT / "app.py", *ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py")]
+    assert not any("unsafe_allow_html=True" in p.read_text() for p in sources)
+
+
+def test_language_switch_and_browser_locale(app, demo_cache):
+    app.radio(key="lang_choice").set_value("zh").run()
+    assert app.title[0].value == "图像重排序"
+    assert app.text_input(key="query").label == "查询"
+    assert app.button(key="rank_button").label == "开始排序"
+    assert not app.exception
+
+    app.radio(key="lang_choice").set_value("en").run()
+    assert app.text_input(key="query").label == "Query"
+    assert "Rank" in app.button(key="rank_button").label
+
+    chinese_browser = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    chinese_browser.context = {"locale": "zh-CN"}
+    chinese_browser.run()
+    assert chinese_browser.title[0].value == "图像重排序"
+
+
+def test_inputs_and_results_survive_language_and_page_switches(app, rank_calls):
+    app.radio(key="tokens__en").set_value(256).run()
+    rank(app, photos(2))
+    app.radio(key="lang_choice").set_value("zh").run()
+    assert app.radio(key="tokens__zh").value == 256
+    app.switch_page("pages/gpu_monitor.py").run()
+    app.switch_page("pages/rerank.py").run()
+    assert not app.exception
+    assert app.session_state["tokens"] == 256
+    assert app.text_input(key="query").value == QUERY
+    assert any("保留了之前上传的 2 张图片" in c.value for c in app.caption)  # the uploads are kept
+    assert not any("之前的查询" in w.value for w in app.warning)  # and the results still current
+    assert len([m for m in app.markdown if m.value.startswith("**#")]) == 2
+    assert rank_calls == [2]
+
+
+def test_gpu_monitor_cpu_only_state(app, monkeypatch):
+    monkeypatch.setattr(gpu, "gpu_readings", lambda: [])
+    app.switch_page("pages/gpu_monitor.py").run()
+    assert not app.exception
+    assert app.title[0].value == "GPU monitor"
+    assert any("No NVIDIA GPU detected — running on CPU" in i.value for i in app.info)
+    labels = [m.label for m in app.metric]
+    assert "Process memory (RSS)" in labels and "System memory used" in labels
+    app.radio(key="lang_choice").set_value("zh").run()
+    assert any("未检测到 NVIDIA GPU" in i.value for i in app.info)
+
+
+def test_gpu_monitor_warns_at_high_memory_and_frees_cache(app, monkeypatch):
+    reading = GpuReading(0, "NVIDIA H100 80GB HBM3", 72 * 10**9, 80 * 10**9, 97, 64, 60 * 10**9, 70 * 10**9, 66 * 10**9)
+    freed: list[int] = []
+    monkeypatch.setattr(gpu, "gpu_readings", lambda: [reading])
+    monkeypatch.setattr(gpu, "free_cached_memory", lambda: freed.append(1) or 3 * 10**9)
+    app.switch_page("pages/gpu_monitor.py").run()
+    assert not app.exception
+    assert any("90%" in w.value for w in app.warning)
+    assert {"VRAM used", "Utilisation", "Temperature", "Torch allocated", "Torch reserved"} <= {m.label for m in app.metric}
+    app.button(key="free_cached_0").click().run()
+    assert freed == [1]
+    assert any("Freed 3.0 GB" in s.value for s in app.success)
+
+
+def test_model_that_cannot_load_offers_the_demo(app, monkeypatch):
+    monkeypatch.setenv("LYCHEE_MODEL", "/nonexistent/lychee-model")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    message = at.error[0].value
+    assert message.startswith("The model could not be loaded.") and "/nonexistent/lychee-model" in message
+    assert "Traceback" not in message
+    assert at.button(key="rank_button").disabled
+    at.button(key="page_use_demo").click().run()
+    assert not at.error and any("Demo model in use" in w.value for w in at.warning)
+    assert not at.button(key="rank_button").disabled
+
+
+def test_query_image_alone_ranks_and_a_broken_one_is_a_sentence(app, rank_calls):
+    app.file_uploader(key="query_image_upload").set_value(("query.png", encode(scene(0)), "image/png"))
+    rank(app, photos(2), query="")
+    assert rank_calls == [2] and len(cards(app)) == 2
+
+    app.file_uploader(key="query_image_upload").set_value(("query.png", b"garbage", "image/png")).run()
+    assert any("previous query" in w.value and "the query image" in w.value for w in app.warning)
+    app.button(key="rank_button").click().run()
+    wait_for_run(app)
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and errors[0].startswith("Cannot rank: The query image cannot be used")
+    assert not app.exception
+
+
+def test_a_run_waits_for_another_session_on_the_same_model(reranker):
+    """Two tabs share one cached model: the second run says it is waiting, then proceeds."""
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(_event):
+        holding.set()
+        gate.wait(10)
+
+    other_tab = threading.Thread(target=reranker.rank, args=("x", [encode(scene(0))]), kwargs={"progress": hold})
+    other_tab.start()
+    try:
+        assert holding.wait(10)
+        key = QueryKey(QUERY, None, DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, "demo|float32")
+        run = Run(key, [Item("a.png", "digest-a", encode(scene(1)))])
+        run.start(reranker)
+        deadline = time.monotonic() + 10
+        while not run.waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert run.running and run.waiting
+    finally:
+        gate.set()
+        other_tab.join(10)
+    assert run.wait(30)
+    assert run.status == "done" and not run.waiting and run.results[0].status == "scored"
+
+
+def test_live_panel_shows_waiting_progress_stop_and_memory(app, reranker, monkeypatch):
+    """While another tab holds the model, the page shows the queued run with a Stop button and the
+    memory readout; Stop ends the wait and keeps the images for Resume."""
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(_event):
+        holding.set()
+        gate.wait(10)
+
+    monkeypatch.setattr(gpu, "gpu_readings", lambda: [])
+    # the app must use the very model the other tab holds
+    monkeypatch.setattr(model_ui, "_load", lambda name, dtype: model_ui.LoadOutcome(name, dtype, reranker=reranker))
+    other_tab = threading.Thread(target=reranker.rank, args=("x", [encode(scene(0))]), kwargs={"progress": hold})
+    other_tab.start()
+    try:
+        assert holding.wait(10)
+        app.text_input(key="query").set_value(QUERY)
+        app.file_uploader(key="files_upload").set_value(photos(2))
+        app.button(key="rank_button").click().run()
+        run = app.session_state["run"]
+        deadline = time.monotonic() + 10
+        while not run.waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        app.run()  # what the live fragment shows a second later
+        assert run.running
+        assert app.get("progress")[0].text == "Waiting for another run on this model to finish…"
+        assert app.button(key="rank_button").disabled
+        assert any("No NVIDIA GPU — running on CPU" in c.value for c in app.caption)
+        app.button(key="stop_button").click().run()
+        assert run.wait(10) and run.status == "stopped"
+    finally:
+        gate.set()
+        other_tab.join(10)
+    app.run()
+    assert any("Stopped: 0 of 2 images scored" in i.value for i in app.info)
+    assert app.button(key="resume_button").label == "Resume: rank the 2 not scored yet"

@@ -1,0 +1,278 @@
+"""The app's strings in English and Chinese, and the current language.
+
+The language defaults to the browser's (``st.context.locale``: "zh-*" gives Chinese, anything else
+English) and can be switched in the sidebar. English labels are the stable ones tests and users look
+for ("Query", "Rank", "Download CSV").
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+LANGUAGES = {"en": "English", "zh": "中文"}
+LANGUAGE_KEY = "lang"
+
+# key: (English, 中文). Placeholders use str.format names.
+STRINGS: dict[str, tuple[str, str]] = {
+    # App and navigation
+    "app_title": ("Lychee image reranker", "Lychee 图像重排序"),
+    "nav_rerank": ("Rerank", "重排序"),
+    "nav_gpu": ("GPU monitor", "GPU 监控"),
+    "language": ("Language / 语言", "Language / 语言"),
+    # Model (sidebar)
+    "model_header": ("Model", "模型"),
+    "model_input": ("Model: hub id, local folder, or demo", "模型：Hub ID、本地目录或 demo"),
+    "model_input_help": (
+        "vec-ai/lychee-rerank-mm is the real reranker (about 17 GB of GPU memory in bf16); a local folder "
+        "holding a downloaded copy works offline; demo is a tiny random model for trying the app.",
+        "vec-ai/lychee-rerank-mm 为真实的重排序模型（bf16 约需 17 GB 显存）；也可填写已下载模型的本地目录"
+        "（可离线使用）；demo 为用于试用的微型随机模型。",
+    ),
+    "dtype": ("Precision (dtype)", "精度 (dtype)"),
+    "dtype_help": (
+        "auto: bfloat16 on recent GPUs, float16 on older ones, float32 on CPU.",
+        "auto：较新的 GPU 用 bfloat16，较旧的用 float16，CPU 上用 float32。",
+    ),
+    "load_model": ("Load model", "加载模型"),
+    "loading_model": (
+        "Loading {name} ({dtype})… the first start of the real model downloads about 16 GB.",
+        "正在加载 {name}（{dtype}）……首次启动真实模型需下载约 16 GB。",
+    ),
+    "info_name": ("Name", "名称"),
+    "info_device": ("Device", "设备"),
+    "info_dtype": ("dtype", "精度"),
+    "info_attention": ("Attention", "注意力实现"),
+    "info_parameters": ("Parameters", "参数量"),
+    "info_load_time": ("Load time", "加载耗时"),
+    "model_failed_short": ("{name} is not loaded.", "{name} 未加载。"),
+    "model_error": ("The model could not be loaded. {reason}", "模型无法加载。{reason}"),
+    "use_demo": ("Use the built-in demo model", "使用内置演示模型"),
+    "retry": ("Retry loading", "重新加载"),
+    "demo_badge": ("Demo weights — scores mean nothing", "演示权重——分数没有意义"),
+    "demo_banner": (
+        "Demo model in use: tiny random weights for trying the app. Its scores mean nothing — load the "
+        "real model (vec-ai/lychee-rerank-mm) in the sidebar for meaningful rankings.",
+        "正在使用演示模型：仅用于试用的微型随机权重，其分数没有任何意义。如需有意义的排序，请在侧边栏加载"
+        "真实模型（vec-ai/lychee-rerank-mm）。",
+    ),
+    "demo_results": (
+        "These scores come from the demo model's random weights: the order is meaningless.",
+        "这些分数来自演示模型的随机权重：排序没有意义。",
+    ),
+    "model_busy": (
+        "The model is busy with another run; a new run waits for it.",
+        "模型正被另一个任务使用；新任务会排队等待。",
+    ),
+    # Rerank page: inputs
+    "rerank_title": ("Rerank images", "图像重排序"),
+    "rerank_intro": (
+        "Rank a collection of images against a query — Chinese, English or mixed, optionally with a query image.",
+        "按查询对一组图片排序——支持中文、英文或混合查询，也可附加查询图片。",
+    ),
+    "query": ("Query", "查询"),
+    "query_placeholder": ("e.g. 海边日落 sunset over the sea", "例如：海边日落 sunset over the sea"),
+    "query_image": ("Query image (optional)", "查询图片（可选）"),
+    "query_image_kept": ("Query image: {name}", "查询图片：{name}"),
+    "advanced": ("Advanced settings", "高级设置"),
+    "instruction": ("Instruction", "指令"),
+    "instruction_help": (
+        "The task description the reranker sees before the query. Leave it empty for the default.",
+        "模型在查询前看到的任务说明。留空则使用默认指令。",
+    ),
+    "resolution": ("Resolution: max visual tokens per image", "分辨率：每张图片最多视觉 token 数"),
+    "resolution_help": (
+        "Larger images are scaled down to at most this many visual tokens (28×28 pixels each). "
+        "Fewer tokens: faster and less memory; more: finer detail.",
+        "较大的图片会缩小到不超过该数量的视觉 token（每个 28×28 像素）。token 越少越快、越省显存；越多细节越好。",
+    ),
+    "res_256": ("256 · fast", "256 · 快速"),
+    "res_640": ("640 · balanced", "640 · 均衡"),
+    "res_1280": ("1280 · detailed (default)", "1280 · 精细（默认）"),
+    "mode": ("Mode", "运行模式"),
+    "mode_auto": ("auto — adaptive batching (fastest)", "auto — 自适应批处理（最快）"),
+    "mode_sequential": ("sequential — one image at a time (memory-safe)", "sequential — 逐张处理（最省显存）"),
+    "upload_source": ("Upload", "上传方式"),
+    "src_files": ("Files", "文件"),
+    "src_folder": ("Folder", "文件夹"),
+    "upload_files": ("Images to rank (PNG, JPEG, WebP, BMP, GIF, TIFF…)", "待排序的图片（PNG、JPEG、WebP、BMP、GIF、TIFF……）"),
+    "upload_folder": ("A folder of images (subfolders included)", "图片文件夹（包含子文件夹）"),
+    "n_selected": ("{n} images selected ({size}).", "已选择 {n} 张图片（{size}）。"),
+    "n_kept": (
+        "{n} images kept from your earlier upload ({size}); upload new ones to replace them.",
+        "保留了之前上传的 {n} 张图片（{size}）；上传新图片即可替换。",
+    ),
+    "forget_files": ("Remove these images", "移除这些图片"),
+    # Rerank page: actions and run
+    "rank": ("Rank images", "开始排序"),
+    "rank_help": ("Score every image against the query.", "对每张图片按查询打分。"),
+    "resume": ("Resume: rank the {n} not scored yet", "继续：对未评分的 {n} 张排序"),
+    "clear": ("Clear results", "清除结果"),
+    "stop": ("Stop", "停止"),
+    "need_model": ("Load a model first (see above).", "请先加载模型（见上方）。"),
+    "need_query": ("Type a query (or add a query image) first.", "请先输入查询（或添加查询图片）。"),
+    "need_files": ("Upload some images first.", "请先上传图片。"),
+    "run_header": ("Ranking {total} images", "正在对 {total} 张图片排序"),
+    "resuming": (
+        "Resuming: {done} already scored, ranking the remaining {todo}.",
+        "继续：已评分 {done} 张，正在对剩余 {todo} 张排序。",
+    ),
+    "starting": ("Starting…", "正在启动……"),
+    "waiting": ("Waiting for another run on this model to finish…", "正在等待该模型上的另一个任务完成……"),
+    "stopping": ("stopping after the current batch…", "当前批次完成后停止……"),
+    "best_so_far": ("Best so far: {name} ({score})", "目前最佳：{name}（{score}）"),
+    "run_failed": ("The run failed: {reason}", "运行失败：{reason}"),
+    "input_error": ("Cannot rank: {reason}", "无法排序：{reason}"),
+    "stopped_note": (
+        "Stopped: {scored} of {total} images scored. Resume ranks only the rest.",
+        "已停止：{total} 张中已评分 {scored} 张。“继续”只对其余图片排序。",
+    ),
+    "pending_note": (
+        "{n} images are not scored yet. Resume scores only those; the others keep their scores.",
+        "有 {n} 张图片尚未评分。“继续”只对这些图片评分，其余图片保留原有分数。",
+    ),
+    "summary": (
+        "{scored} images ranked in {elapsed} · mode {mode} · model {model}",
+        "已排序 {scored} 张图片，耗时 {elapsed} · 模式 {mode} · 模型 {model}",
+    ),
+    "summary_errors": (" · {n} could not be read", " · {n} 张无法读取"),
+    "stale": (
+        "These results belong to the previous query “{query}”: {changes} changed since. Click Rank to score the current query.",
+        "以下结果属于之前的查询“{query}”：此后{changes}已更改。点击“开始排序”为当前查询评分。",
+    ),
+    "chg_query": ("the query", "查询"),
+    "chg_query_image": ("the query image", "查询图片"),
+    "chg_instruction": ("the instruction", "指令"),
+    "chg_max_pixels": ("the resolution", "分辨率"),
+    "chg_model": ("the model", "模型"),
+    "no_query_text": ("(query image only)", "（仅查询图片）"),
+    # Rerank page: results
+    "results": ("Results", "结果"),
+    "top_k": ("Show top K (0 = all)", "显示前 K 张（0 = 全部）"),
+    "min_score": ("Minimum score", "最低分数"),
+    "filters_help": (
+        "Display filters only: nothing is scored again, and downloads always hold the full ranking.",
+        "仅为显示筛选：不会重新评分，下载内容始终是完整排序。",
+    ),
+    "show_as": ("Show as", "显示方式"),
+    "view_gallery": ("Gallery", "图库"),
+    "view_table": ("Table", "表格"),
+    "columns": ("Columns", "列数"),
+    "per_page": ("Per page", "每页"),
+    "showing": ("Showing {shown} of {scored} scored images.", "显示 {shown} / {scored} 张已评分图片。"),
+    "nothing_matches": ("No image passes the filters.", "没有图片满足筛选条件。"),
+    "no_results_yet": ("Nothing scored yet.", "尚无评分结果。"),
+    "card_score": ("**#{rank}** · score {score}", "**#{rank}** · 分数 {score}"),
+    "view": ("View", "查看"),
+    "full_view": ("Full-size view", "原图查看"),
+    "full_view_note": ("Shown at up to {px} px on its longer side.", "最长边最多显示 {px} 像素。"),
+    "download_original": ("Download original", "下载原图"),
+    "cannot_display": ("This image cannot be displayed.", "无法显示此图片。"),
+    "errors_title": ("Files that could not be scored ({n})", "无法评分的文件（{n}）"),
+    "col_rank": ("Rank", "排名"),
+    "col_preview": ("Preview", "预览"),
+    "col_file": ("File", "文件"),
+    "col_score": ("Score", "分数"),
+    "col_size": ("Size (px)", "尺寸（像素）"),
+    "col_tokens": ("Visual tokens", "视觉 token"),
+    "col_error": ("Error", "错误"),
+    "tokens_unit": ("{n} visual tokens", "{n} 个视觉 token"),
+    "download_csv": ("Download CSV", "下载 CSV"),
+    "download_json": ("Download JSON", "下载 JSON"),
+    "downloads_help": (
+        "The full ranking: every image, errors and unscored ones included, whatever the display filters.",
+        "完整排序：包含所有图片（含错误和未评分的），不受显示筛选影响。",
+    ),
+    # Memory readouts
+    "no_gpu_short": ("No NVIDIA GPU — running on CPU", "未检测到 NVIDIA GPU — 正在 CPU 上运行"),
+    "no_gpu": ("No NVIDIA GPU detected — running on CPU.", "未检测到 NVIDIA GPU — 正在 CPU 上运行。"),
+    "gpu_label": ("GPU {index} · {name}", "GPU {index} · {name}"),
+    "vram_used": ("VRAM used", "显存已用"),
+    "torch_alloc": ("Torch allocated", "Torch 已分配"),
+    "torch_reserved": ("Torch reserved", "Torch 已保留"),
+    "torch_peak": ("Torch peak", "Torch 峰值"),
+    "rss": ("Process memory (RSS)", "进程内存 (RSS)"),
+    "sys_used": ("System memory used", "系统内存已用"),
+    "sys_avail": ("System memory available", "系统可用内存"),
+    # GPU monitor page
+    "gpu_title": ("GPU monitor", "GPU 监控"),
+    "gpu_intro": (
+        "Memory, utilisation and temperature of each GPU, refreshed every 2 seconds.",
+        "每块 GPU 的显存、利用率和温度，每 2 秒刷新一次。",
+    ),
+    "util": ("Utilisation", "利用率"),
+    "temp": ("Temperature", "温度"),
+    "high_mem": (
+        "GPU {index} has {pct} of its memory in use (warning from {limit}). Freeing the allocator's cache may help.",
+        "GPU {index} 显存已用 {pct}（超过 {limit} 即警告）。释放分配器缓存可能有帮助。",
+    ),
+    "free_mem": ("Free cached memory", "释放缓存显存"),
+    "freed": ("Freed {amount} of cached memory.", "已释放 {amount} 缓存显存。"),
+    "seconds_ago": ("Seconds (0 = now)", "秒（0 = 现在）"),
+    "history": ("History (last {n} readings)", "历史（最近 {n} 次读数）"),
+    "run_in_progress": ("A ranking run is in progress: {progress}", "排序任务进行中：{progress}"),
+    "na": ("n/a", "不可用"),
+}
+
+
+def default_language(locale: str | None) -> str:
+    """'zh' for a Chinese browser locale (zh, zh-CN, zh-TW, …), else 'en'."""
+    return "zh" if locale and locale.strip().lower().startswith("zh") else "en"
+
+
+def browser_language() -> str:
+    try:
+        return default_language(st.context.locale)
+    except Exception:  # no browser context (bare mode): English
+        return "en"
+
+
+def current() -> str:
+    lang = st.session_state.get(LANGUAGE_KEY)
+    return lang if lang in LANGUAGES else browser_language()
+
+
+def t(key: str, **values) -> str:
+    """The string for ``key`` in the current language, formatted with ``values``."""
+    return text(current(), key, **values)
+
+
+def text(lang: str, key: str, **values) -> str:
+    english, chinese = STRINGS[key]
+    template = chinese if lang == "zh" else english
+    return template.format(**values) if values else template
+
+
+def bound():
+    """t() fixed to the current language: for format_func callbacks, which Streamlit may call outside
+    the script run (where session state, hence the language, is out of reach)."""
+    lang = current()
+    return lambda key, **values: text(lang, key, **values)
+
+
+def _language_chosen() -> None:
+    st.session_state[LANGUAGE_KEY] = st.session_state[_WIDGET_KEY]
+
+
+_WIDGET_KEY = "lang_choice"
+
+
+def language_selector() -> str:
+    """The sidebar's language switch; returns 'en' or 'zh'.
+
+    The choice lives in its own session key, not in the widget's: Streamlit re-identifies widgets of
+    the main script when st.navigation's page changes (the first rerun, page switches), and a
+    widget-held value would fall back to the default then.
+    """
+    if st.session_state.get(LANGUAGE_KEY) not in LANGUAGES:
+        st.session_state[LANGUAGE_KEY] = browser_language()
+    options = list(LANGUAGES)
+    st.sidebar.radio(
+        STRINGS["language"][0],
+        options,
+        index=options.index(st.session_state[LANGUAGE_KEY]),
+        format_func=LANGUAGES.get,
+        key=_WIDGET_KEY,
+        on_change=_language_chosen,
+        horizontal=True,
+    )
+    return st.session_state[LANGUAGE_KEY]

@@ -1,0 +1,134 @@
+"""The model: loaded once per process (st.cache_resource, keyed by model and dtype), chosen in the sidebar.
+
+A failed load is cached too (as its one-sentence reason): without network the hub's retries take
+minutes, and every rerun would otherwise pay them again. "Retry loading" clears that one entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import streamlit as st
+
+from lychee_rerank import DEMO_NAME, DTYPES, ModelLoadError, Reranker, default_model
+
+from . import fmt
+from .i18n import t
+from .state import SESSION_KEY
+
+log = logging.getLogger("lychee_rerank.app")
+
+MODEL_KEY = "model_name"  # the model in use (session state)
+DTYPE_KEY = "model_dtype"
+MODEL_INPUT_KEY = "model_input"  # the sidebar's text input
+DTYPE_INPUT_KEY = "dtype_input"
+# The real model is ~17 GB: more than two cached models would fill most GPUs.
+MAX_CACHED_MODELS = 2
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    name: str
+    dtype: str
+    reranker: Reranker | None = None
+    error: str | None = None  # one sentence, when reranker is None
+
+
+@st.cache_resource(show_spinner=False, max_entries=MAX_CACHED_MODELS)
+def _load(name: str, dtype: str) -> LoadOutcome:
+    try:
+        return LoadOutcome(name, dtype, reranker=Reranker.load(name, dtype=dtype))
+    except ModelLoadError as exc:
+        return LoadOutcome(name, dtype, error=fmt.sentence(str(exc)))
+    except Exception as exc:  # never a traceback on the page; the log keeps it
+        log.exception("loading %s failed", name)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return LoadOutcome(name, dtype, error=fmt.sentence(f"could not load {name}: {first}"))
+
+
+def selected() -> tuple[str, str]:
+    """(model name, dtype) for this session: $LYCHEE_MODEL at first, then the sidebar's choice."""
+    if MODEL_KEY not in st.session_state:
+        st.session_state[MODEL_KEY] = default_model()
+    if DTYPE_KEY not in st.session_state:
+        st.session_state[DTYPE_KEY] = "auto"
+    return st.session_state[MODEL_KEY], st.session_state[DTYPE_KEY]
+
+
+def active() -> LoadOutcome:
+    """The session's model, loading it (with a spinner) the first time this process needs it."""
+    name, dtype = selected()
+    with st.spinner(t("loading_model", name=name, dtype=dtype), show_time=True):
+        return _load(name, dtype)
+
+
+def choose(name: str, dtype: str | None = None) -> None:
+    """Switch this session to another model (used by callbacks)."""
+    st.session_state[MODEL_KEY] = name
+    if dtype is not None:
+        st.session_state[DTYPE_KEY] = dtype
+
+
+def use_demo() -> None:
+    choose(DEMO_NAME)
+
+
+def retry() -> None:
+    name, dtype = selected()
+    _load.clear(name, dtype)
+
+
+def _apply_sidebar_choice(name_key: str, dtype_key: str) -> None:
+    name = (st.session_state.get(name_key) or "").strip() or default_model()
+    choose(name, st.session_state.get(dtype_key) or "auto")
+
+
+def sidebar_form() -> None:
+    """Model name and dtype; applied with the Load button (a half-typed name never starts a load).
+
+    The widgets take their value from the model in use (their keys follow it): Streamlit re-identifies
+    main-script widgets when st.navigation's page changes, and they must not fall back to blanks then.
+    """
+    name, dtype = selected()
+    name_key, dtype_key = f"{MODEL_INPUT_KEY}:{name}", f"{DTYPE_INPUT_KEY}:{dtype}"
+    with st.sidebar.form("model_form", border=False):
+        st.text_input(t("model_input"), value=name, key=name_key, help=t("model_input_help"))
+        st.selectbox(t("dtype"), DTYPES, index=DTYPES.index(dtype) if dtype in DTYPES else 0, key=dtype_key,
+                     help=t("dtype_help"))
+        st.form_submit_button(t("load_model"), on_click=_apply_sidebar_choice, args=(name_key, dtype_key))
+
+
+def sidebar_info(outcome: LoadOutcome, *, with_reason: bool = True) -> None:
+    """What is loaded: name, device, dtype, attention, parameters, load time (or why nothing is; the
+    Rerank page says why at length, so there the sidebar keeps it short)."""
+    sidebar = st.sidebar
+    if outcome.reranker is None:
+        sidebar.error(t("model_failed_short", name=outcome.name), icon=":material/error:")
+        if with_reason:
+            sidebar.caption(fmt.md_escape(outcome.error))
+        sidebar.button(t("use_demo"), on_click=use_demo, key="sidebar_use_demo")
+        return
+    info = outcome.reranker.info
+    if info.is_demo:
+        sidebar.warning(t("demo_badge"), icon=":material/warning:")
+    rows = [
+        (t("info_name"), info.name),
+        (t("info_device"), info.device),
+        (t("info_dtype"), info.dtype),
+        (t("info_attention"), info.attention),
+        (t("info_parameters"), fmt.count(info.parameters)),
+        (t("info_load_time"), fmt.seconds(info.load_seconds)),
+    ]
+    sidebar.markdown("  \n".join(f"**{label}:** {fmt.md_escape(value)}" for label, value in rows))
+    own_run = st.session_state.get(SESSION_KEY)  # this session's own run is no news
+    if outcome.reranker.busy and not (own_run is not None and own_run.running):
+        sidebar.caption(t("model_busy"))
+
+
+def failure_panel(outcome: LoadOutcome) -> None:
+    """On the main page: why the model is missing (one sentence) and the way out (the demo model)."""
+    st.error(t("model_error", reason=outcome.error), icon=":material/error:")
+    left, right, _ = st.columns([2, 1, 3])
+    left.button(t("use_demo"), on_click=use_demo, type="primary", key="page_use_demo")
+    right.button(t("retry"), on_click=retry, key="page_retry")

@@ -1,0 +1,225 @@
+"""A ranking run for one browser session: its inputs, its results as they arrive, and its worker thread.
+
+The run executes in a background thread, not in the script: a Streamlit rerun (any click, a filter
+change, a page switch) interrupts the script, but not the run. Results are written into the Run as
+each image or batch finishes, so whatever is done survives a stop; Stop sets an event the engine
+polls between forwards. A live fragment on the page polls the Run for progress.
+
+No Streamlit import here: this is plain state, testable on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from lychee_rerank import ImageResult, InputError, Progress, Reranker
+
+log = logging.getLogger("lychee_rerank.app")
+
+# A run whose page has not polled for this long (tab closed, session gone) stops by itself; what is
+# done is kept. Generous, because browsers throttle timers in background tabs to once a minute.
+ORPHAN_TIMEOUT_S = 15 * 60
+
+RUNNING, DONE, STOPPED, FAILED, READY = "running", "done", "stopped", "failed", "ready"
+SESSION_KEY = "run"  # st.session_state[SESSION_KEY]: the session's Run (read by every page)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to rank: its display name, a content hash, and the file's bytes."""
+
+    name: str
+    digest: str
+    data: bytes = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class QueryKey:
+    """Everything a score depends on besides the image. Results are only valid for the same key."""
+
+    query: str
+    query_image: str | None  # digest
+    instruction: str
+    max_pixels: int
+    model: str  # "name|dtype"
+
+    def changes(self, other: "QueryKey") -> list[str]:
+        """Names of the fields that differ (for 'the query, the resolution changed')."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+class Run:
+    """Inputs and results of one ranking; ``results[i]`` belongs to ``items[i]``."""
+
+    def __init__(
+        self,
+        key: QueryKey,
+        items: Sequence[Item],
+        *,
+        query_image: bytes | None = None,
+        model_name: str = "",
+        is_demo: bool = False,
+        results: Sequence[ImageResult] | None = None,
+        elapsed_s: float = 0.0,
+    ):
+        self.key = key
+        self.items = list(items)
+        self.query_image = query_image
+        self.model_name = model_name
+        self.is_demo = is_demo
+        self.results: list[ImageResult] = (
+            list(results) if results is not None else [ImageResult(i, it.name) for i, it in enumerate(self.items)]
+        )
+        self.elapsed_s = elapsed_s  # summed over every start (a resumed run adds up)
+        self.status = READY if results is None else DONE
+        self.error: tuple[str, str] | None = None  # (kind: "input" | "run", one sentence)
+        self.progress: Progress | None = None
+        self.waiting = False
+        self.mode_used: str | None = None
+        self.already_scored = 0  # scored before the current start (a resume)
+        self.todo = 0  # images in the current start
+        self.lock = threading.RLock()
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.heartbeat = time.monotonic()
+        self.starts = 0  # how many times this run was started (first run + resumes)
+
+    # -- reading --------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+    def snapshot(self) -> list[ImageResult]:
+        with self.lock:
+            return list(self.results)
+
+    def pending(self) -> list[int]:
+        with self.lock:
+            return [r.index for r in self.results if r.status == "pending"]
+
+    def scored_count(self) -> int:
+        with self.lock:
+            return sum(r.status == "scored" for r in self.results)
+
+    def error_count(self) -> int:
+        with self.lock:
+            return sum(r.status == "error" for r in self.results)
+
+    # -- control --------------------------------------------------------------------------------
+    def touch(self) -> None:
+        """The page is still watching (see ORPHAN_TIMEOUT_S)."""
+        self.heartbeat = time.monotonic()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def start(self, reranker: Reranker, indices: Sequence[int] | None = None, *, mode: str = "auto") -> None:
+        """Rank ``indices`` (default: every image not scored yet) in a background thread."""
+        with self.lock:
+            if self.running:
+                return
+            indices = list(self.pending() if indices is None else indices)
+            self.status = RUNNING
+            self.error = None
+            self.progress = None
+            self.waiting = False
+            self.stop_event = threading.Event()
+            chosen = set(indices)
+            self.already_scored = sum(r.status != "pending" for r in self.results if r.index not in chosen)
+            self.todo = len(indices)
+            self.starts += 1
+            self.touch()
+            self.thread = threading.Thread(
+                target=self._work, args=(reranker, indices, mode), name="lychee-app-run", daemon=True
+            )
+        self.thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker has finished (tests, scripts); True when it has."""
+        thread = self.thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.running
+
+    def _work(self, reranker: Reranker, indices: list[int], mode: str) -> None:
+        sources = [self.items[i].data for i in indices]
+        names = [self.items[i].name for i in indices]
+        stop_event = self.stop_event
+
+        def on_progress(event: Progress) -> None:
+            with self.lock:
+                if event.waiting:
+                    self.waiting = True
+                    return
+                self.waiting = False
+                for result in event.new_results:
+                    original = indices[result.index]
+                    self.results[original] = dataclasses.replace(result, index=original, rank=None)
+                self.progress = event
+
+        def should_stop() -> bool:
+            return stop_event.is_set() or time.monotonic() - self.heartbeat > ORPHAN_TIMEOUT_S
+
+        status, error = FAILED, None
+        try:
+            ranking = reranker.rank(
+                self.key.query,
+                sources,
+                names=names,
+                query_image=self.query_image,
+                instruction=self.key.instruction,
+                mode=mode,
+                max_pixels=self.key.max_pixels,
+                progress=on_progress,
+                should_stop=should_stop,
+            )
+        except InputError as exc:
+            error = ("input", str(exc))
+        except Exception as exc:  # the page shows one sentence; the log keeps the traceback
+            log.exception("ranking run failed")
+            error = ("run", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        else:
+            with self.lock:
+                for result in ranking.results:  # every finished result, even one a callback missed
+                    if result.status != "pending":
+                        original = indices[result.index]
+                        self.results[original] = dataclasses.replace(result, index=original, rank=None)
+                self.elapsed_s += ranking.elapsed_s
+                self.mode_used = ranking.mode
+            status = STOPPED if ranking.cancelled or self.pending() else DONE
+        finally:
+            with self.lock:
+                self.error = error
+                self.waiting = False
+                self.status = status
+
+    # -- new inputs -----------------------------------------------------------------------------
+    def rebase(self, items: Sequence[Item]) -> "Run":
+        """The same query over another set of files: scores carry over by content, the rest is pending."""
+        with self.lock:
+            known: dict[str, ImageResult] = {}
+            for item, result in zip(self.items, self.results):
+                if result.status != "pending":
+                    known.setdefault(item.digest, result)
+            results = [
+                dataclasses.replace(known[item.digest], index=i, name=item.name, rank=None)
+                if item.digest in known
+                else ImageResult(i, item.name)
+                for i, item in enumerate(items)
+            ]
+            run = Run(
+                self.key,
+                items,
+                query_image=self.query_image,
+                model_name=self.model_name,
+                is_demo=self.is_demo,
+                results=results,
+                elapsed_s=self.elapsed_s,
+            )
+            run.mode_used = self.mode_used
+            return run
