@@ -6,8 +6,6 @@ per token as the real one.
 
 from __future__ import annotations
 
-from transformers import Qwen2_5_VLConfig
-
 ARCHS = ("tiny", "qwen2.5-vl-3b", "qwen2.5-vl-7b")
 
 _FULL_SIZE_VISION = dict(
@@ -77,8 +75,10 @@ _SHAPES: dict[str, dict] = {
 }
 
 
-def arch_config(arch: str, tokenizer) -> Qwen2_5_VLConfig:
+def arch_config(arch: str, tokenizer):
     """A Qwen2.5-VL config of the named shape whose special-token ids match ``tokenizer``."""
+    from transformers import Qwen2_5_VLConfig  # here: the CLI lists ARCHS without importing transformers
+
     if arch not in _SHAPES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     shape = _SHAPES[arch]

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .archs import ARCHS
 from .loading import ATTENTIONS, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DTYPES
 
 PROG = "lychee-rerank bench"
-ARCH_NAMES = ("tiny", "qwen2.5-vl-3b", "qwen2.5-vl-7b")  # = archs.ARCHS (kept here: no transformers import)
 BENCH_MODES = ("sequential", "batched")
 DEFAULT_QUERY = "sunset over the sea"
 DEFAULT_SIZES = "448,1024"
@@ -84,7 +84,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--arch",
-        choices=ARCH_NAMES,
+        choices=ARCHS,
         help="build this architecture with random weights on the device "
         "(default: qwen2.5-vl-7b on a GPU, tiny on CPU); the full-size ones need a CUDA GPU",
     )

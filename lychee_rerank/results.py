@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,3 @@ def format_seconds(seconds: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
-
-
-def merge_results(previous: Sequence[ImageResult], newer: Iterable[ImageResult]) -> list[ImageResult]:
-    """Replace entries of ``previous`` (by index) with finished ones from ``newer``."""
-    merged = list(previous)
-    for result in newer:
-        merged[result.index] = result
-    return merged

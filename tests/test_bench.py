@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from lychee_rerank import bench
-from lychee_rerank.archs import ARCHS, arch_config
+from lychee_rerank.archs import arch_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -107,10 +107,6 @@ def test_gpu_peak_table():
     assert bench.gpu_peak_tflops("NVIDIA T4", "bfloat16") is None
     assert bench.gpu_peak_tflops("NVIDIA H100 80GB HBM3", "float32") is None
     assert bench.gpu_peak_tflops(None, "bfloat16") is None
-
-
-def test_arch_names_are_the_engines():
-    assert bench.ARCH_NAMES == ARCHS
 
 
 # -- images -----------------------------------------------------------------------------------------

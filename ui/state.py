@@ -151,6 +151,11 @@ class Run:
         names = [self.items[i].name for i in indices]
         stop_event = self.stop_event
 
+        def store(result: ImageResult) -> None:
+            """Keep a finished result at its place in the full list (the engine saw a subset)."""
+            original = indices[result.index]
+            self.results[original] = dataclasses.replace(result, index=original, rank=None)
+
         def on_progress(event: Progress) -> None:
             with self.lock:
                 if event.waiting:
@@ -158,8 +163,7 @@ class Run:
                     return
                 self.waiting = False
                 for result in event.new_results:
-                    original = indices[result.index]
-                    self.results[original] = dataclasses.replace(result, index=original, rank=None)
+                    store(result)
                 self.progress = event
 
         def should_stop() -> bool:
@@ -187,8 +191,7 @@ class Run:
             with self.lock:
                 for result in ranking.results:  # every finished result, even one a callback missed
                     if result.status != "pending":
-                        original = indices[result.index]
-                        self.results[original] = dataclasses.replace(result, index=original, rank=None)
+                        store(result)
                 self.elapsed_s += ranking.elapsed_s
                 self.mode_used = ranking.mode
             status = STOPPED if ranking.cancelled or self.pending() else DONE
