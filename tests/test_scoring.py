@@ -294,3 +294,21 @@ def test_token_budget_halves_on_failure_and_grows_back_below_what_failed():
     for _ in range(100):
         budget.success()
     assert 400 < budget.tokens <= 720
+
+
+def test_an_image_the_processor_rejects_fails_alone_and_its_batch_is_still_scored(reranker, some_photos, monkeypatch):
+    from lychee_rerank.scoring import PairScorer
+
+    original = PairScorer._process
+    odd_size = some_photos[3].size  # the processor "cannot handle" this one image
+
+    def picky(self, images):
+        if any(image.size == odd_size for image in images):
+            raise ValueError("unsupported image")
+        return original(self, images)
+
+    monkeypatch.setattr(PairScorer, "_process", picky)
+    ranking = reranker.rank(QUERY, some_photos, mode="batched", token_budget=100_000)
+    statuses = [r.status for r in ranking.results]
+    assert statuses[3] == "error" and "could not be preprocessed" in ranking.results[3].error
+    assert statuses.count("scored") == len(some_photos) - 1
