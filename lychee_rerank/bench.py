@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .archs import ARCHS
+from .gpu import device_used_bytes
 from .loading import ATTENTIONS, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DTYPES
 
 PROG = "lychee-rerank bench"
@@ -398,30 +399,6 @@ def gpu_peak_tflops(device_name: str | None, dtype: str) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _nvml_handle(device):
-    """The NVML handle of torch's CUDA ``device`` (matched by PCI address), or None without NVML."""
-    try:
-        import pynvml
-        import torch
-
-        pynvml.nvmlInit()
-        count = pynvml.nvmlDeviceGetCount()
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        address = tuple(getattr(props, a, None) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id"))
-        if None not in address:
-            for i in range(count):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                pci = pynvml.nvmlDeviceGetPciInfo(handle)
-                if (pci.domain, pci.bus, pci.device) == address:
-                    return handle
-        if count == 1:
-            return pynvml.nvmlDeviceGetHandleByIndex(0)
-        return None  # several GPUs and no way to tell which is ours: no NVML figure rather than a wrong one
-    except Exception:
-        return None
-
-
 class MemorySampler:
     """Samples this process's RSS (and the GPU's NVML "used" memory) every ~50 ms in a thread.
     ``window()`` returns the peaks since the previous call (or ``reset()``), and starts a new window."""
@@ -431,7 +408,8 @@ class MemorySampler:
 
         self._process = psutil.Process()
         self._interval = interval
-        self._nvml = _nvml_handle(device) if getattr(device, "type", None) == "cuda" else None
+        self._device = device
+        self._has_nvml = device_used_bytes(device) is not None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._rss = 0
@@ -440,19 +418,11 @@ class MemorySampler:
 
     @property
     def has_nvml(self) -> bool:
-        return self._nvml is not None
+        return self._has_nvml
 
     def _sample(self) -> tuple[int, int | None]:
         rss = self._process.memory_info().rss
-        used = None
-        if self._nvml is not None:
-            try:
-                import pynvml
-
-                used = int(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
-            except Exception:
-                used = None
-        return rss, used
+        return rss, device_used_bytes(self._device) if self._has_nvml else None
 
     def _record(self) -> None:
         rss, used = self._sample()

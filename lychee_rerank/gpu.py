@@ -7,7 +7,6 @@ place to run the demo model.
 from __future__ import annotations
 
 import gc
-import os
 import threading
 from dataclasses import dataclass
 
@@ -77,14 +76,38 @@ def _torch_cuda():
     return torch.cuda
 
 
-def _torch_device_index(nvml_index: int) -> int | None:
-    """Torch numbers only the visible devices; map NVML's index when CUDA_VISIBLE_DEVICES is a plain list."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return nvml_index
-    ids = [v.strip() for v in visible.split(",") if v.strip()]
-    if all(v.isdigit() for v in ids):
-        return ids.index(str(nvml_index)) if str(nvml_index) in ids else None
+def _pci_address(nvml, handle) -> tuple[int, int, int]:
+    pci = nvml.nvmlDeviceGetPciInfo(handle)
+    return pci.domain, pci.bus, pci.device
+
+
+def _torch_indices_by_pci(cuda) -> dict[tuple[int, int, int], int]:
+    """Torch numbers only the visible devices (CUDA_VISIBLE_DEVICES); NVML numbers them all.
+    The PCI address is what both agree on."""
+    indices = {}
+    for index in range(cuda.device_count()):
+        props = cuda.get_device_properties(index)
+        address = tuple(getattr(props, a, None) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id"))
+        if None not in address:
+            indices[address] = index
+    return indices
+
+
+def device_used_bytes(device) -> int | None:
+    """NVML's memory in use (all processes, CUDA context included) on torch's CUDA ``device``;
+    None without NVML or when the device cannot be matched."""
+    nvml, cuda = _nvml(), _torch_cuda()
+    if nvml is None or cuda is None or getattr(device, "type", None) != "cuda":
+        return None
+    index = device.index if device.index is not None else cuda.current_device()
+    try:
+        torch_indices = _torch_indices_by_pci(cuda)
+        for i in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            if torch_indices.get(_pci_address(nvml, handle)) == index:
+                return int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception:
+        return None
     return None
 
 
@@ -94,6 +117,7 @@ def gpu_readings() -> list[GpuReading]:
     if nvml is None:
         return []
     cuda = _torch_cuda()
+    torch_indices = _torch_indices_by_pci(cuda) if cuda is not None else {}
     readings = []
     try:
         count = nvml.nvmlDeviceGetCount()
@@ -116,8 +140,11 @@ def gpu_readings() -> list[GpuReading]:
         except Exception:
             temp = None
         allocated = reserved = peak = 0
-        torch_index = _torch_device_index(i)
-        if cuda is not None and torch_index is not None and torch_index < cuda.device_count():
+        try:
+            torch_index = torch_indices.get(_pci_address(nvml, handle))
+        except Exception:
+            torch_index = None
+        if torch_index is not None:
             allocated = cuda.memory_allocated(torch_index)
             reserved = cuda.memory_reserved(torch_index)
             peak = cuda.max_memory_allocated(torch_index)
