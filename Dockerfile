@@ -10,6 +10,7 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/cache/huggingface \
+    LYCHEE_CACHE=/cache/lychee-rerank \
     LYCHEE_MODEL=vec-ai/lychee-rerank-mm \
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 

@@ -85,8 +85,7 @@ def _quiet_libraries() -> None:
 
 def format_table(results, top: int | None = None) -> str:
     rows = [("rank", "score", "size", "file", "error")]
-    shown = [r for r in results if r.status == "scored"][:top] if top else [r for r in results if r.status == "scored"]
-    shown += [r for r in results if r.status != "scored"]
+    shown = [r for r in results if r.status == "scored"][:top] + [r for r in results if r.status != "scored"]
     for r in shown:
         rows.append(
             (

@@ -139,3 +139,11 @@ def test_an_unwritable_output_is_reported_after_the_ranking(folder, tmp_path):
     assert result.returncode == 1
     assert "could not write" in result.stderr
     assert "beach.jpg" in result.stdout
+
+
+def test_top_k_prints_only_the_best_rows_and_still_lists_errors(folder):
+    result = run_cli("rank", "--model", "demo", "-q", "cat", str(folder), "--top", "1")
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.strip().splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["1", "-"]
+    assert "broken.jpg" in rows[1] and "corrupt" in rows[1]
