@@ -142,7 +142,6 @@ def load_model(
     device_map: str | dict | None = "auto",
 ):
     """Load (model, processor, ModelInfo) or raise ModelLoadError with a one-sentence explanation."""
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     name = name or default_model()

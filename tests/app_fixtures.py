@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import socket
@@ -14,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from imagegen import encode  # noqa: F401  (re-exported for the app tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -58,12 +59,6 @@ def scene(index: int, width: int = 320, height: int = 240) -> Image.Image:
     return image
 
 
-def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
 def write_scenes(folder: Path, count: int, width: int = 160, height: int = 120) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -79,6 +74,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate, and kill if it does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -123,11 +128,6 @@ def streamlit_server(env_overrides: dict[str, str] | None = None, log_path: Path
         wait_healthy(url, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         if log_path:
             log.close()

@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from app_fixtures import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -227,12 +228,6 @@ def _dockerignore_excludes(path: str) -> bool:
     return excluded
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- Dockerfile
 
 
@@ -342,7 +337,7 @@ def test_healthcheck_command_reports_streamlit_health(tmp_path):
     argv = _healthcheck_argv_from_dockerfile()
     assert argv[:2] == ["python", "-c"], argv
     compile(argv[2], "HEALTHCHECK", "exec")  # a syntax error fails here, not after the wait
-    port = _free_port()
+    port = free_port()
     probe = [sys.executable, *[a.replace(f":{PORT}/", f":{port}/") for a in argv[1:]]]
     script = tmp_path / "hello.py"
     script.write_text("import streamlit as st\nst.write('ok')\n")
@@ -367,12 +362,7 @@ def test_healthcheck_command_reports_streamlit_health(tmp_path):
             assert time.monotonic() < deadline, f"healthcheck never passed:\n{result.stderr}"
             time.sleep(0.5)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=20)
     down = _run(probe)
     assert down.returncode != 0, "the healthcheck passes with no server listening"
 
