@@ -57,25 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
-    """Image files to score (as given, or found in folders, sorted) and folder files that are not images."""
-    from .images import is_image_path
-
-    images: list[str] = []
-    skipped: list[str] = []
-    for arg in paths:
-        path = Path(arg)
-        if path.is_dir():
-            for found in sorted(p for p in path.rglob("*") if p.is_file()):
-                shown = os.path.join(arg, str(found.relative_to(path)))
-                (images if is_image_path(found) else skipped).append(shown)
-        elif path.is_file():
-            images.append(arg)  # named explicitly: scored, and reported if it is not an image
-        else:
-            raise UsageError(f"no such file or folder: {arg}")
-    return images, skipped
-
-
 def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -116,7 +97,13 @@ def run_rank(args: argparse.Namespace) -> int:
     from . import InputError, ModelLoadError, Reranker
     from .export import to_csv, to_json
 
-    images, skipped = collect_images(args.paths)
+    from .inputs import InputPathError, find_images
+
+    try:
+        found = find_images(args.paths)
+    except InputPathError as exc:
+        raise UsageError(str(exc)) from None
+    images, skipped = found.images, [path for path, _reason in found.skipped]
     if args.query_image and not Path(args.query_image).is_file():
         raise UsageError(f"no such query image: {args.query_image}")
     if not args.query.strip():

@@ -9,7 +9,7 @@ from typing import Iterable
 
 from .results import ImageResult, ranked
 
-COLUMNS = ("rank", "file", "score", "error", "width", "height", "visual_tokens")
+COLUMNS = ("rank", "file", "score", "error", "width", "height", "model_width", "model_height", "visual_tokens")
 NOT_SCORED = "not scored: the run was stopped before this image"
 # A spreadsheet runs a cell starting with one of these as a formula.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -28,6 +28,8 @@ def records(results: Iterable[ImageResult]) -> list[dict]:
                 "error": error,
                 "width": r.width,
                 "height": r.height,
+                "model_width": r.model_width,
+                "model_height": r.model_height,
                 "visual_tokens": r.visual_tokens,
             }
         )

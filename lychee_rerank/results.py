@@ -15,8 +15,10 @@ class ImageResult:
     name: str
     score: float | None = None
     rank: int | None = None
-    width: int | None = None  # size as the model saw it (orientation applied)
+    width: int | None = None  # the file's own size (orientation applied)
     height: int | None = None
+    model_width: int | None = None  # the size the model saw, after resizing
+    model_height: int | None = None
     visual_tokens: int | None = None
     error: str | None = None
 
@@ -50,6 +52,8 @@ class Ranking:
     cancelled: bool = False
     model: str = ""
     is_demo: bool = False
+    # Set when an unexpected error stopped the run: what finished is kept, the rest stays pending.
+    error: str | None = None
 
     def ranked(self) -> list[ImageResult]:
         return ranked(self.results)
@@ -80,10 +84,13 @@ class Progress:
     batch_size: int = 0
     token_budget: int | None = None
     waiting: bool = False  # another run holds the model; this one is queued
+    queue_position: int | None = None  # while waiting: 1 = next to run
 
     def describe(self) -> str:
         """'37/120 · 4.2 img/s · ETA 20 s'."""
         if self.waiting:
+            if self.queue_position:
+                return f"waiting for other runs to finish (place {self.queue_position} in the queue)…"
             return "waiting for another run to finish…"
         text = f"{self.done}/{self.total} · {self.images_per_s:.1f} img/s"
         if self.eta_s is not None and self.done < self.total:
