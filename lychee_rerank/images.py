@@ -32,10 +32,13 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class ImageSize:
-    """Pixel size of an image as the model will see it (orientation applied, strips padded)."""
+    """Pixel size of the decoded, sanitised image (orientation applied, strips padded), before any
+    resizing for the model; and the file's own size (orientation applied), for people."""
 
     width: int
     height: int
+    file_width: int = 0
+    file_height: int = 0
 
 
 def source_name(source: ImageSource, index: int) -> str:
@@ -106,7 +109,7 @@ def probe_image(source: ImageSource) -> ImageSize:
         raise ImageError("the image has no pixels")
     if _orientation(image) in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
-    return ImageSize(*padded_size(width, height))
+    return ImageSize(*padded_size(width, height), file_width=width, file_height=height)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
