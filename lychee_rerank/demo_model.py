@@ -15,7 +15,7 @@ from pathlib import Path
 
 DEMO_NAME = "demo"
 # Bump when the demo checkpoint's content changes, so stale caches are rebuilt.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 # A marker file inside the checkpoint; anything that shows scores uses it to say they are meaningless.
 DEMO_MARKER = "lychee_demo_model.json"
 
@@ -119,8 +119,15 @@ def build_demo_model(target: Path) -> None:
         chat_template=CHAT_TEMPLATE,
     )
     config = arch_config("tiny", tokenizer)
+    # A wide initialisation and a scaled output layer make scores spread over [0, 1] (at the default
+    # 0.02 they all sit near 0.5): the demo shows a visible ranking, and tests can see any change of
+    # positions, pixels or prompt.
+    for part in (config, config.text_config, config.vision_config):
+        part.initializer_range = 0.2
     torch.manual_seed(0)  # the same demo weights on every machine
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
     model.save_pretrained(target)
     processor.save_pretrained(target)
     (target / DEMO_MARKER).write_text(

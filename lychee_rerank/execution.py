@@ -1,25 +1,33 @@
 """The execution policy: how images are grouped into forwards, and what happens when memory runs out.
 
+The one rule: a run ends with every input accounted for -- scored, errored or pending -- whatever
+happens. An image that cannot be decoded or preprocessed gets its own error; an unexpected error in a
+forward propagates (the caller keeps what finished); the rest stay pending.
+
 - ``sequential``: the original memory-safe mode. One image per forward, then ``torch.cuda.empty_cache()``
-  and ``gc.collect()``. Peak memory stays flat whatever the number of images.
+  and ``gc.collect()``. Peak device memory stays flat whatever the number of images.
 - ``batched``: images sorted by token count (largest first, so an over-large budget is found out on
-  the first batch) and packed into batches under a token budget; the next batch is decoded and
-  preprocessed in a worker thread while the current one runs. On out-of-memory the failed batch's
-  tensors are released, the budget halves and the same images are retried; an image too large for
-  the budget runs alone, sequential-style. After a run of successes the budget grows back. Every
-  image is scored exactly once or gets an error.
+  the first batch) and packed into batches under a token budget.
+
+Both modes take their rows from a RowFeeder: decoding and preprocessing run on a pool of worker
+threads, in this order, a bounded number ahead of the model. On out-of-memory the failed batch's
+tensors are released, the budget halves and the same (already prepared) images are retried; an image
+too large for the budget runs alone, and every success grows the budget back quickly. An image out of
+memory even alone is retried once at the end of the run, after memory is freed, before it gets an
+error. Every image is scored exactly once or gets an error.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from .gpu import device_memory_high, free_cached_memory, free_device_bytes
-from .scoring import PlannedImage, PreparedBatch
+from .images import ImageError
+from .pipeline import RowFeeder, available_cpus
+from .scoring import PlannedImage, PreparedRow
 
 MODES = ("auto", "sequential", "batched")
 # Share of the memory free after loading that batches may fill with activations.
@@ -30,8 +38,9 @@ MAX_BATCH_IMAGES = 64
 MAX_TOKENS_CUDA = 128 * 1024
 # CPU forwards gain little from big batches; keep progress updates frequent.
 MAX_TOKENS_CPU = 8 * 1024
-GROW_AFTER_SUCCESSES = 8
-GROW_FACTOR = 1.25
+# A budget ceiling set by an out-of-memory is lifted after this many successes in a row: OOMs on a
+# shared GPU are often transient (another process's peak).
+FORGET_CEILING_AFTER = 12
 ALONE_OOM_MESSAGE = (
     "not enough GPU memory to score this image even on its own; lower the resolution (max pixels) "
     "or free GPU memory used by other programs"
@@ -43,11 +52,13 @@ class Outcome:
     item: PlannedImage
     score: float | None = None
     error: str | None = None
+    row: PreparedRow | None = None  # what the model saw, when it got that far
 
 
 class Scorer(Protocol):
-    def prepare(self, items: list[PlannedImage]) -> PreparedBatch: ...
-    def forward(self, batch: PreparedBatch) -> list[float]: ...
+    def prepare_row(self, item: PlannedImage) -> PreparedRow: ...
+    def collate(self, rows: list[PreparedRow]) -> dict: ...
+    def forward(self, batch: dict) -> list[float]: ...
 
     @property
     def device(self): ...
@@ -58,11 +69,13 @@ ShouldStop = Callable[[], bool]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA out-of-memory, and the CPU allocator's failure (which torch raises as a RuntimeError)."""
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def activation_bytes_per_token(config, dtype_bytes: int) -> float:
@@ -87,54 +100,116 @@ def initial_token_budget(device, config, dtype_bytes: int) -> int:
 
 
 class TokenBudget:
-    """Halves on out-of-memory; grows back (never past what failed) after a run of successes."""
+    """Halves on out-of-memory; doubles back on every success, up to a ceiling just under what failed
+    (but never under a size that has succeeded), a ceiling itself forgotten after a run of successes:
+    out-of-memory on a shared GPU is often transient (another process's peak)."""
 
     def __init__(self, tokens: int):
-        self.tokens = max(1, tokens)
-        self.ceiling = self.tokens
-        self._successes = 0
+        self.tokens = self.initial = max(1, tokens)
+        self.ceiling = self.initial
+        self.largest_success = 0
+        self._streak = 0
 
     def shrink(self, failed_tokens: int) -> None:
-        self.ceiling = max(1, min(self.ceiling, int(failed_tokens * 0.9)))
-        self.tokens = max(1, failed_tokens // 2)
-        self._successes = 0
+        self.ceiling = max(1, self.largest_success, min(self.ceiling, int(failed_tokens * 0.9)))
+        self.tokens = max(1, min(self.tokens, failed_tokens) // 2)
+        self._streak = 0
 
-    def success(self) -> None:
-        self._successes += 1
-        if self._successes >= GROW_AFTER_SUCCESSES and self.tokens < self.ceiling:
-            self.tokens = min(self.ceiling, int(self.tokens * GROW_FACTOR) + 1)
-            self._successes = 0
-
-
-def _failures(batch: PreparedBatch) -> list[Outcome]:
-    return [Outcome(item, error=message) for item, message in batch.failures]
+    def success(self, used_tokens: int) -> None:
+        self.largest_success = max(self.largest_success, used_tokens)
+        self._streak += 1
+        if self._streak >= FORGET_CEILING_AFTER:
+            self.ceiling = self.initial
+        self.tokens = max(self.tokens, min(self.ceiling, self.tokens * 2))
 
 
-def _score_alone(scorer: Scorer, batch: PreparedBatch) -> list[Outcome]:
-    """A one-image batch in its own forward, memory released afterwards (the memory-safe step)."""
-    outcomes = _failures(batch)
-    try:
-        if batch.items:
+class _Run:
+    """State shared by both policies: the feeder, deferred images, and how outcomes are reported."""
+
+    def __init__(self, order: Sequence[PlannedImage], scorer: Scorer, emit: Emit, workers: int | None, window: int | None):
+        self.scorer = scorer
+        self.emit = emit
+        self.feeder = RowFeeder(order, scorer.prepare_row, workers or available_cpus(), window)
+        self.deferred: list[PlannedImage] = []  # out of memory even alone: one more try at the end
+
+    def rows(self, items: list[PlannedImage]) -> tuple[list[PreparedRow], list[Outcome]]:
+        """Prepared rows for the items; an image whose preparation failed gets its error here."""
+        rows, failures = [], []
+        for item in items:
             try:
-                (score,) = scorer.forward(batch)
-                outcomes.append(Outcome(batch.items[0], score=score))
+                rows.append(self.feeder.get(item))
+                continue
+            except ImageError as exc:
+                message = str(exc)
             except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                outcomes.append(Outcome(batch.items[0], error=ALONE_OOM_MESSAGE))
-    finally:
-        batch.release()
-    free_cached_memory()  # after the except block: the exception no longer pins the forward's tensors
-    return outcomes
+                if is_out_of_memory(exc):
+                    message = "not enough memory to preprocess this image; lower the resolution"
+                else:
+                    message = f"the image could not be preprocessed ({describe_error(exc)})"
+            self.feeder.release(item)
+            failures.append(Outcome(item, error=message))
+        return rows, failures
+
+    def forward(self, rows: list[PreparedRow]) -> list[float] | None:
+        """Scores, or None on out-of-memory (anything else propagates)."""
+        try:
+            return self.scorer.forward(self.scorer.collate(rows))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        return None  # outside the except block: the traceback no longer pins the forward's tensors
+
+    def finish(self, rows: list[PreparedRow], scores: list[float], batch_size: int, budget: int | None) -> None:
+        outcomes = [Outcome(row.item, score=s, row=row) for row, s in zip(rows, scores)]
+        for row in rows:
+            self.feeder.release(row.item)
+        self.emit(outcomes, batch_size, budget)
+
+    def defer(self, row: PreparedRow) -> None:
+        self.deferred.append(row.item)
+        self.feeder.release(row.item)  # not kept while others run; prepared again for the retry
+
+    def retry_deferred(self, should_stop: ShouldStop) -> bool:
+        """Each image that ran out of memory alone, once more after memory is freed. True if stopped."""
+        while self.deferred:
+            if should_stop():
+                return True
+            item = self.deferred.pop(0)
+            free_cached_memory()
+            rows, failures = self.rows([item])
+            if failures:
+                self.emit(failures, 1, None)
+                continue
+            scores = self.forward(rows)
+            free_cached_memory()
+            if scores is None:
+                self.feeder.release(item)
+                self.emit([Outcome(item, error=ALONE_OOM_MESSAGE, row=rows[0])], 1, None)
+            else:
+                self.finish(rows, scores, 1, None)
+        return False
 
 
-def run_sequential(items: Sequence[PlannedImage], scorer: Scorer, emit: Emit, should_stop: ShouldStop) -> bool:
-    """Score one image per forward. Returns True when stopped early."""
-    for item in items:
-        if should_stop():
-            return True
-        emit(_score_alone(scorer, scorer.prepare([item])), 1, None)
-    return False
+def run_sequential(
+    items: Sequence[PlannedImage], scorer: Scorer, emit: Emit, should_stop: ShouldStop, workers: int | None = None
+) -> bool:
+    """Score one image per forward, memory freed after each. Returns True when stopped early."""
+    run = _Run(items, scorer, emit, workers, None)
+    with run.feeder:
+        for item in items:
+            if should_stop():
+                return True
+            rows, failures = run.rows([item])
+            if failures:
+                emit(failures, 1, None)
+                continue
+            scores = run.forward(rows)
+            if scores is None:
+                run.defer(rows[0])
+            else:
+                run.finish(rows, scores, 1, None)
+            free_cached_memory()  # the memory-safe step: empty_cache() and gc.collect() after each image
+        return run.retry_deferred(should_stop)
 
 
 def run_batched(
@@ -144,95 +219,68 @@ def run_batched(
     should_stop: ShouldStop,
     token_budget: int,
     max_batch_images: int = MAX_BATCH_IMAGES,
+    workers: int | None = None,
 ) -> bool:
-    """Score in token-budgeted batches with preprocessing overlapped. Returns True when stopped early."""
-    pending = collections.deque(sorted(items, key=lambda i: (-i.sequence_tokens, i.index)))
+    """Score in token-budgeted batches, rows prepared ahead in parallel. Returns True when stopped early."""
+    order = sorted(items, key=lambda i: (-i.sequence_tokens, i.index))
+    pending = collections.deque(order)
     budget = TokenBudget(token_budget)
 
     def take() -> list[PlannedImage]:
-        if not pending:
-            return []
         fits = budget.tokens // pending[0].sequence_tokens  # largest first: the first item sets the row length
         count = max(1, min(fits, max_batch_images, len(pending)))
         return [pending.popleft() for _ in range(count)]
 
-    def put_back(batch_items: list[PlannedImage]) -> None:
-        pending.extendleft(reversed(batch_items))
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lychee-prepare") as worker:
-
-        def submit() -> tuple[list[PlannedImage], Future] | None:
-            batch_items = take()
-            return (batch_items, worker.submit(scorer.prepare, batch_items)) if batch_items else None
-
-        def drop(prefetch: tuple[list[PlannedImage], Future] | None) -> None:
-            """Forget a prefetched batch; its images go back to the queue."""
-            if prefetch is not None:
-                batch_items, future = prefetch
-                if not future.cancel():
-                    future.result().release()
-                put_back(batch_items)
-
-        current = submit()
-        while current is not None:
+    run = _Run(order, scorer, emit, workers, None)
+    with run.feeder:
+        while pending:
             if should_stop():
-                drop(current)
                 return True
-            batch_items, future = current
-            alone = len(batch_items) == 1 and batch_items[0].sequence_tokens > budget.tokens
-            if alone:
-                # Below one image per batch: this image runs on its own, sequential-style.
-                emit(_score_alone(scorer, future.result()), 1, budget.tokens)
-                current = submit()
+            batch_items = take()
+            # Hold this batch and the next one's worth of rows: the next batch is prepared during this forward.
+            run.feeder.window = max(run.feeder.window, 2 * len(batch_items))
+            rows, failures = run.rows(batch_items)
+            if failures:
+                emit(failures, len(batch_items), budget.tokens)
+            if not rows:
                 continue
-            batch = future.result()
-            following = submit()  # overlap: preprocess the next batch during this forward
-            if not batch.items:
-                emit(_failures(batch), len(batch_items), budget.tokens)
-                current = following
-                continue
-            try:
-                scores = scorer.forward(batch)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    drop(following)
-                    raise
-                scores = None
+            scores = run.forward(rows)
             if scores is None:
-                # Out of memory; handled outside the except block so the traceback no longer pins
-                # the failed forward's tensors.
-                failed_tokens = batch.padded_tokens
-                failures = _failures(batch)
-                drop(following)  # first: the failed batch's images must go back in front of them
-                put_back(batch.items)
-                batch.release()
                 free_cached_memory()
-                budget.shrink(failed_tokens)
-                if failures:
-                    emit(failures, len(failures), budget.tokens)
-                current = submit()
+                budget.shrink(len(rows) * max(r.length for r in rows))
+                if len(rows) == 1:
+                    run.defer(rows[0])
+                else:
+                    pending.extendleft(reversed([r.item for r in rows]))  # retried first, still prepared
                 continue
-            outcomes = [Outcome(item, score=s) for item, s in zip(batch.items, scores)] + _failures(batch)
-            batch.release()
-            budget.success()
+            budget.success(len(rows) * max(r.length for r in rows))
+            run.finish(rows, scores, len(batch_items), budget.tokens)
             if device_memory_high(scorer.device):
                 free_cached_memory()
-            emit(outcomes, len(batch_items), budget.tokens)
-            current = following
-    return False
+        return run.retry_deferred(should_stop)
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class ProgressClock:
-    """Rate and ETA for progress events."""
+    """Rate and ETA for progress events. The ETA is weighted by work (sequence tokens), not by image
+    count: batched runs go largest first, so early images are slower than the average."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, total_work: float | None = None):
         self.total = total
+        self.total_work = total_work if total_work else float(total)
         self.done = 0
+        self.work_done = 0.0
         self.start = time.perf_counter()
 
-    def advance(self, count: int) -> tuple[float, float, float | None]:
+    def advance(self, count: int, work: float | None = None) -> tuple[float, float, float | None]:
         self.done += count
+        self.work_done += count if work is None else work
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else None
+        work_rate = self.work_done / elapsed if elapsed > 0 else 0.0
+        eta = max(0.0, self.total_work - self.work_done) / work_rate if work_rate > 0 else None
         return elapsed, rate, eta

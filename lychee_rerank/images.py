@@ -39,6 +39,7 @@ class ImageSize:
     height: int
     file_width: int = 0
     file_height: int = 0
+    format: str | None = None  # Pillow's name of the file format ("JPEG", "PNG", ...)
 
 
 def source_name(source: ImageSource, index: int) -> str:
@@ -94,11 +95,26 @@ def _orientation(image: Image.Image) -> int:
 
 
 def padded_size(width: int, height: int) -> tuple[int, int]:
-    """Size after padding the short side so the aspect ratio is at most MAX_ASPECT_RATIO."""
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        short = math.ceil(max(width, height) / MAX_ASPECT_RATIO)
-        return (width, short) if width > height else (short, height)
-    return width, height
+    """Size after padding the short side so that both resizes of the model card's path accept the
+    image: qwen-vl-utils' (aspect ratio at most MAX_ASPECT_RATIO) and then the processor's, after
+    qwen-vl-utils has rounded both sides to multiples of 28 (which can push the ratio past it)."""
+    long, short = max(width, height), min(width, height)
+    padded = max(short, math.ceil(long / MAX_ASPECT_RATIO))
+    while not _model_card_accepts(long, padded):
+        padded = math.ceil(padded * 1.01) + 1
+    if padded == short:
+        return width, height
+    return (width, padded) if width >= height else (padded, height)
+
+
+def _model_card_accepts(long: int, short: int) -> bool:
+    from qwen_vl_utils.vision_process import smart_resize
+
+    try:
+        resized = smart_resize(short, long, factor=28)
+    except ValueError:
+        return False
+    return max(resized) <= MAX_ASPECT_RATIO * min(resized)
 
 
 def probe_image(source: ImageSource) -> ImageSize:
@@ -109,7 +125,7 @@ def probe_image(source: ImageSource) -> ImageSize:
         raise ImageError("the image has no pixels")
     if _orientation(image) in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
-    return ImageSize(*padded_size(width, height), file_width=width, file_height=height)
+    return ImageSize(*padded_size(width, height), file_width=width, file_height=height, format=image.format)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

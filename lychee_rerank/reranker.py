@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 import time
 from typing import Callable, Sequence
@@ -10,18 +12,22 @@ from .execution import (
     MODES,
     Outcome,
     ProgressClock,
+    describe_error,
     initial_token_budget,
     run_batched,
     run_sequential,
 )
 from .images import ImageError, ImageSource, load_image, probe_image, source_name
 from .loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelInfo, load_model
+from .pipeline import RowFeeder, available_cpus
+from .preprocess import PREPROCESS_MODES
 from .prompt import DEFAULT_INSTRUCTION
 from .results import ImageResult, Progress, Ranking
-from .scoring import PairScorer, PlannedImage
+from .scoring import PairScorer, PlannedImage, QueryTooLongError
 
 ProgressCallback = Callable[[Progress], None]
 StopFlag = Callable[[], bool] | threading.Event
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -29,7 +35,8 @@ class InputError(ValueError):
 
 
 class Reranker:
-    """A loaded Lychee reranker. One instance may serve many threads: runs are serialised."""
+    """A loaded Lychee reranker. One instance may serve many threads: runs take the device one at a
+    time, in the order they asked for it (callers waiting are told their place in the queue)."""
 
     def __init__(self, model, processor, info: ModelInfo, *, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.model = model
@@ -37,7 +44,8 @@ class Reranker:
         self.info = info
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
-        self._lock = threading.Lock()  # one run at a time on the device
+        self._turns = threading.Condition()
+        self._queue: collections.deque[object] = collections.deque()  # the head holds the device
 
     @classmethod
     def load(
@@ -57,7 +65,7 @@ class Reranker:
 
     @property
     def busy(self) -> bool:
-        return self._lock.locked()
+        return bool(self._queue)
 
     def rank(
         self,
@@ -71,6 +79,8 @@ class Reranker:
         max_pixels: int | None = None,
         min_pixels: int | None = None,
         token_budget: int | None = None,
+        preprocess: str = "exact",
+        workers: int | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopFlag | None = None,
     ) -> Ranking:
@@ -78,104 +88,192 @@ class Reranker:
 
         ``progress`` is called after every image or batch, with the results just finished;
         ``should_stop`` is polled between forwards and stops the run early, keeping what is done.
+        ``preprocess``: "exact" (the model card's image path) or "fast" (JPEG draft decoding);
+        ``workers``: preprocessing threads (default: the CPUs this process may use).
+
+        Every input is accounted for, whatever happens: scored, errored, or pending. A bad argument
+        raises InputError before any work; an unexpected error during the run stops it and is
+        recorded in ``Ranking.error``, with every finished score kept.
         """
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if names is not None and len(names) != len(images):
+            raise InputError(f"{len(names)} names for {len(images)} images")
+        scorer = self._scorer(query, query_image, instruction, min_pixels, max_pixels, preprocess)
+        if workers is not None and workers < 1:
+            raise InputError(f"workers must be at least 1, not {workers}")
+        stop = _as_stop_callable(should_stop)
+        notify = progress or (lambda _event: None)
+        results: list[ImageResult] = [
+            ImageResult(i, names[i] if names is not None else source_name(src, i)) for i, src in enumerate(images)
+        ]
+        used_mode = "sequential" if mode == "sequential" else "batched"
+        if not self._acquire(notify, stop, len(images)):
+            return self._ranking(scorer, results, used_mode, 0.0, cancelled=True)
+        start = time.perf_counter()  # ranking time only: waiting in the queue does not count
+        cancelled, error = False, None
+        try:
+            planned, unreadable = self._plan(scorer, images, results)
+            clock = ProgressClock(len(images), sum(p.sequence_tokens for p in planned))
+
+            def record(new: list[ImageResult], work: float, batch_size: int, budget: int | None) -> None:
+                for result in new:
+                    results[result.index] = result
+                elapsed, rate, eta = clock.advance(len(new), work)
+                notify(Progress(clock.done, clock.total, elapsed, rate, eta, tuple(new), batch_size, budget))
+
+            notify(Progress(0, len(images), 0.0, 0.0, None))  # started: no longer waiting
+            if unreadable:
+                record(unreadable, 0, 0, None)
+
+            def emit(outcomes: list[Outcome], batch_size: int, budget: int | None) -> None:
+                work = sum(o.item.sequence_tokens for o in outcomes)
+                record([_to_result(o) for o in outcomes], work, batch_size, budget)
+
+            if used_mode == "sequential":
+                cancelled = run_sequential(planned, scorer, emit, stop, workers)
+            else:
+                if token_budget is None:
+                    dtype_bytes = self.model.dtype.itemsize
+                    token_budget = initial_token_budget(scorer.device, self.model.config, dtype_bytes)
+                cancelled = run_batched(planned, scorer, emit, stop, token_budget, workers=workers)
+        except Exception as exc:  # the finished scores survive; the rest stay pending
+            log.exception("ranking stopped by an unexpected error")
+            error = f"the run stopped on an unexpected error: {describe_error(exc)}"
+        finally:
+            self._release()
+        return self._ranking(scorer, results, used_mode, time.perf_counter() - start, cancelled, error)
+
+    def prepare_only(
+        self,
+        query: str,
+        images: Sequence[ImageSource],
+        *,
+        query_image: ImageSource | None = None,
+        instruction: str | None = None,
+        max_pixels: int | None = None,
+        min_pixels: int | None = None,
+        preprocess: str = "exact",
+        workers: int | None = None,
+    ) -> int:
+        """Run only the CPU side of a ranking (planning, decoding, qwen-vl-utils, the processor) on the
+        same worker pool, without the model; returns how many images were prepared. The benchmark's
+        preprocessing ceiling."""
+        scorer = self._scorer(query, query_image, instruction, min_pixels, max_pixels, preprocess)
+        results = [ImageResult(i, source_name(src, i)) for i, src in enumerate(images)]
+        planned, _ = self._plan(scorer, images, results)
+        order = sorted(planned, key=lambda i: (-i.sequence_tokens, i.index))
+        prepared = 0
+        with RowFeeder(order, scorer.prepare_row, workers or available_cpus()) as feeder:
+            for item in order:
+                try:
+                    feeder.get(item)
+                    prepared += 1
+                except Exception:  # counted as not prepared; rank() reports why
+                    pass
+                feeder.release(item)
+        return prepared
+
+    # -- internals ------------------------------------------------------------------------------
+    def _scorer(self, query, query_image, instruction, min_pixels, max_pixels, preprocess) -> PairScorer:
+        """Validate a run's settings (InputError, one sentence) and build its scorer."""
         query = (query or "").strip()
-        instruction = (instruction or "").strip() or DEFAULT_INSTRUCTION
         min_pixels = min_pixels or self.min_pixels
         max_pixels = max_pixels or self.max_pixels
         if not query and query_image is None:
             raise InputError("type a query (or give a query image) to rank the images against")
-        if mode not in MODES:
-            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if not 0 < min_pixels <= max_pixels:
             raise InputError(f"max pixels ({max_pixels}) must be at least min pixels ({min_pixels})")
-        if names is not None and len(names) != len(images):
-            raise InputError(f"{len(names)} names for {len(images)} images")
-        stop = _as_stop_callable(should_stop)
-        notify = progress or (lambda _event: None)
+        if preprocess not in PREPROCESS_MODES:
+            raise InputError(f"unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_MODES)}")
         query_picture = None
         if query_image is not None:
             try:
                 query_picture = load_image(query_image)
             except ImageError as exc:
                 raise InputError(f"the query image cannot be used: {exc}") from exc
-
-        results: list[ImageResult] = [
-            ImageResult(i, names[i] if names is not None else source_name(src, i)) for i, src in enumerate(images)
-        ]
-        start = time.perf_counter()
-        if not self._acquire(notify, stop, len(images)):
-            return self._ranking(query, instruction, results, mode, start, cancelled=True)
+        instruction = (instruction or "").strip() or DEFAULT_INSTRUCTION
         try:
-            scorer = PairScorer(
-                self.model, self.processor, query, instruction, query_picture, min_pixels, max_pixels
+            return PairScorer(
+                self.model, self.processor, query, instruction, query_picture, min_pixels, max_pixels, preprocess
             )
-            clock = ProgressClock(len(images))
+        except QueryTooLongError as exc:
+            raise InputError(str(exc)) from None
 
-            def record(new: list[ImageResult], batch_size: int, budget: int | None) -> None:
-                for result in new:
-                    results[result.index] = result
-                elapsed, rate, eta = clock.advance(len(new))
-                notify(Progress(clock.done, clock.total, elapsed, rate, eta, tuple(new), batch_size, budget))
-
-            planned: list[PlannedImage] = []
-            unreadable: list[ImageResult] = []
-            for i, source in enumerate(images):
-                try:
-                    planned.append(scorer.plan(i, results[i].name, source, probe_image(source)))
-                except ImageError as exc:
-                    unreadable.append(ImageResult(i, results[i].name, error=str(exc)))
-            notify(Progress(0, len(images), 0.0, 0.0, None))  # started: no longer waiting
-            if unreadable:
-                record(unreadable, 0, None)
-
-            def emit(outcomes: list[Outcome], batch_size: int, budget: int | None) -> None:
-                record([_to_result(o) for o in outcomes], batch_size, budget)
-
-            used_mode = "sequential" if mode == "sequential" else "batched"
-            if used_mode == "sequential":
-                cancelled = run_sequential(planned, scorer, emit, stop)
-            else:
-                if token_budget is None:
-                    dtype_bytes = self.model.dtype.itemsize
-                    token_budget = initial_token_budget(scorer.device, self.model.config, dtype_bytes)
-                cancelled = run_batched(planned, scorer, emit, stop, token_budget)
-        finally:
-            self._lock.release()
-        return self._ranking(query, instruction, results, used_mode, start, cancelled)
+    def _plan(self, scorer: PairScorer, images, results) -> tuple[list[PlannedImage], list[ImageResult]]:
+        """Read each file's header: its size and token cost, or its error."""
+        planned: list[PlannedImage] = []
+        unreadable: list[ImageResult] = []
+        for i, source in enumerate(images):
+            try:
+                size = probe_image(source)
+                planned.append(scorer.plan(i, results[i].name, source, size))
+            except ImageError as exc:
+                unreadable.append(ImageResult(i, results[i].name, error=str(exc)))
+        return planned, unreadable
 
     def _acquire(self, notify: ProgressCallback, stop: Callable[[], bool], total: int) -> bool:
-        """Take the device; while another run holds it, say so and keep polling the stop flag."""
-        if self._lock.acquire(blocking=False):
-            return True
-        notify(Progress(0, total, 0.0, 0.0, None, waiting=True))
-        while not self._lock.acquire(timeout=0.2):
-            if stop():
-                return False
-        return True
+        """Take the device in turn; while others hold or wait for it, report the place in the queue
+        and keep polling the stop flag."""
+        ticket = object()
+        with self._turns:
+            self._queue.append(ticket)
+        told = None
+        try:
+            while True:
+                with self._turns:
+                    place = self._queue.index(ticket)
+                    if place and place == told:
+                        self._turns.wait(timeout=0.2)
+                        place = self._queue.index(ticket)
+                if place == 0:
+                    return True
+                if place != told:
+                    notify(Progress(0, total, 0.0, 0.0, None, waiting=True, queue_position=place))
+                    told = place
+                if stop():
+                    self._leave(ticket)
+                    return False
+        except BaseException:
+            self._leave(ticket)
+            raise
 
-    def _ranking(self, query, instruction, results, mode, start, cancelled) -> Ranking:
+    def _leave(self, ticket: object) -> None:
+        with self._turns:
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+            self._turns.notify_all()
+
+    def _release(self) -> None:
+        with self._turns:
+            self._queue.popleft()
+            self._turns.notify_all()
+
+    def _ranking(self, scorer, results, mode, elapsed, cancelled, error=None) -> Ranking:
         return Ranking(
-            query=query,
-            instruction=instruction,
+            query=(scorer.query or ""),
+            instruction=scorer.instruction,
             results=tuple(results),
             mode=mode,
-            elapsed_s=time.perf_counter() - start,
+            elapsed_s=elapsed,
             cancelled=cancelled,
             model=self.info.name,
             is_demo=self.info.is_demo,
+            error=error,
         )
 
 
 def _to_result(outcome: Outcome) -> ImageResult:
-    item = outcome.item
+    item, row = outcome.item, outcome.row
     return ImageResult(
         index=item.index,
         name=item.name,
         score=outcome.score,
-        width=item.size.width,
-        height=item.size.height,
-        visual_tokens=item.visual_tokens,
+        width=item.size.file_width or item.size.width,
+        height=item.size.file_height or item.size.height,
+        model_width=row.model_size[0] if row else None,
+        model_height=row.model_size[1] if row else None,
+        visual_tokens=row.visual_tokens if row else item.visual_tokens,
         error=outcome.error,
     )
 

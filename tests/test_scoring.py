@@ -10,43 +10,23 @@ import torch
 from imagegen import photo
 from lychee_rerank import DEFAULT_INSTRUCTION, InputError, SYSTEM_PROMPT
 from lychee_rerank.execution import TokenBudget
-from lychee_rerank.images import load_image
 from lychee_rerank.prompt import render_prompt
+from model_card import ModelCardScorer
 
 QUERY = "海边日落 sunset over the sea"
-TOLERANCE = 1e-4
+TOLERANCE = 2e-5
 
 
-def reference_scores(reranker, query, images, instruction=None, query_image=None):
-    """A plain one-image-at-a-time implementation of the Lychee recipe, written out in full."""
-    model, processor = reranker.model, reranker.processor
-    instruction = instruction or DEFAULT_INSTRUCTION
-    yes = processor.tokenizer.convert_tokens_to_ids("yes")
-    no = processor.tokenizer.convert_tokens_to_ids("no")
-    scores = []
-    for image in images:
-        user = [{"type": "text", "text": f"<Instruct>: {instruction}"}, {"type": "text", "text": "<Query>:"}]
-        if query_image is not None:
-            user.append({"type": "image"})
-        user += [{"type": "text", "text": query}, {"type": "text", "text": "\n<Document>:"}, {"type": "image"}]
-        messages = [
-            {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
-            {"role": "user", "content": user},
-        ]
-        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        rgb = load_image(image)
-        pictures = [load_image(query_image), rgb] if query_image is not None else [rgb]
-        inputs = processor(
-            text=[text],
-            images=pictures,
-            return_tensors="pt",
-            size={"shortest_edge": reranker.min_pixels, "longest_edge": reranker.max_pixels},
-        )
-        inputs.pop("mm_token_type_ids", None)
-        with torch.no_grad():
-            logits = model(**inputs).logits[0, -1]
-        scores.append(torch.softmax(logits[[no, yes]].float(), dim=0)[1].item())
-    return scores
+@pytest.fixture(scope="module")
+def card(reranker):
+    """The model card's own code (tests/model_card.py): shares nothing with the engine."""
+    return ModelCardScorer(reranker.info.path)
+
+
+def reference_scores(card, query, images, instruction=None, query_image=None):
+    if instruction is None:
+        return card.scores(query, images, query_image)
+    return card.scores(query, images, query_image, instruction)
 
 
 def scores_of(ranking):
@@ -74,25 +54,25 @@ def test_query_image_sits_between_query_label_and_query_text(reranker):
     )
 
 
-def test_blank_instruction_falls_back_to_the_default(reranker, some_photos):
+def test_blank_instruction_falls_back_to_the_default(reranker, card, some_photos):
     ranking = reranker.rank(QUERY, some_photos[:2], instruction="   ")
     assert ranking.instruction == DEFAULT_INSTRUCTION
-    assert scores_of(ranking) == pytest.approx(reference_scores(reranker, QUERY, some_photos[:2]), abs=TOLERANCE)
+    assert scores_of(ranking) == pytest.approx(reference_scores(card, QUERY, some_photos[:2]), abs=TOLERANCE)
 
 
 @pytest.mark.parametrize("mode", ["sequential", "batched"])
-def test_scores_equal_a_plain_one_at_a_time_implementation(reranker, some_photos, mode):
-    expected = reference_scores(reranker, QUERY, some_photos)
+def test_scores_equal_the_model_card_one_image_at_a_time_or_batched(reranker, card, some_photos, mode):
+    expected = reference_scores(card, QUERY, some_photos)
     ranking = reranker.rank(QUERY, some_photos, mode=mode)
     assert ranking.mode == mode
     assert scores_of(ranking) == pytest.approx(expected, abs=TOLERANCE)
     assert all(0.0 <= s <= 1.0 for s in scores_of(ranking))
 
 
-def test_query_image_and_custom_instruction_are_scored_like_the_reference(reranker, some_photos):
+def test_query_image_and_custom_instruction_are_scored_like_the_model_card(reranker, card, some_photos):
     query_image = photo(80, 60, seed=99)
     instruction = "Retrieve images of the same product."
-    expected = reference_scores(reranker, "同款 same item", some_photos[:4], instruction, query_image)
+    expected = reference_scores(card, "同款 same item", some_photos[:4], instruction, query_image)
     ranking = reranker.rank("同款 same item", some_photos[:4], instruction=instruction, query_image=query_image)
     assert scores_of(ranking) == pytest.approx(expected, abs=TOLERANCE)
 
@@ -176,8 +156,8 @@ class OutOfMemoryAbove:
         del self.model.forward
 
 
-def test_out_of_memory_halves_the_batch_and_scores_every_image_exactly_once(reranker, some_photos):
-    expected = reference_scores(reranker, QUERY, some_photos)
+def test_out_of_memory_halves_the_batch_and_scores_every_image_exactly_once(reranker, card, some_photos):
+    expected = reference_scores(card, QUERY, some_photos)
     with OutOfMemoryAbove(reranker.model, max_rows=2) as injected:
         ranking = reranker.rank(QUERY, some_photos, mode="batched", token_budget=100_000)
     assert injected.failures >= 1
@@ -287,28 +267,253 @@ def test_fewer_pixels_mean_fewer_visual_tokens(reranker):
     assert small.visual_tokens <= 64 < full.visual_tokens
 
 
-def test_token_budget_halves_on_failure_and_grows_back_below_what_failed():
+def test_token_budget_halves_on_failure_and_grows_back_after_a_few_successes():
     budget = TokenBudget(1000)
     budget.shrink(800)
     assert budget.tokens == 400
-    for _ in range(100):
-        budget.success()
-    assert 400 < budget.tokens <= 720
+    budget.success(400)
+    assert budget.tokens == 720  # grows back at once, first up to just under what failed
+    for _ in range(30):
+        budget.success(720)
+    assert budget.tokens == 1000  # a long run of successes forgets a transient failure
+
+
+def test_token_budget_never_drops_its_ceiling_below_a_size_that_succeeded():
+    budget = TokenBudget(1000)
+    budget.success(1000)
+    for failed in (1000, 500, 250, 125):  # transient failures in a row
+        budget.shrink(failed)
+    budget.success(62)
+    budget.success(124)
+    budget.success(248)
+    budget.success(496)
+    assert budget.tokens >= 900  # back near the size that worked, four forwards after the failures
+
+
+class PickyProcessor:
+    """The model's processor, except that it rejects images of one size."""
+
+    def __init__(self, processor, odd_size):
+        self._processor, self._odd_size = processor, odd_size
+
+    def __getattr__(self, name):
+        return getattr(self._processor, name)
+
+    def __call__(self, *args, images=None, **kwargs):
+        if any(image.size == self._odd_size for row in images for image in row):
+            raise ValueError("unsupported image")
+        return self._processor(*args, images=images, **kwargs)
 
 
 def test_an_image_the_processor_rejects_fails_alone_and_its_batch_is_still_scored(reranker, some_photos, monkeypatch):
-    from lychee_rerank.scoring import PairScorer
+    from lychee_rerank.preprocess import model_card_size
 
-    original = PairScorer._process
-    odd_size = some_photos[3].size  # the processor "cannot handle" this one image
-
-    def picky(self, images):
-        if any(image.size == odd_size for image in images):
-            raise ValueError("unsupported image")
-        return original(self, images)
-
-    monkeypatch.setattr(PairScorer, "_process", picky)
+    odd_size = model_card_size(*some_photos[3].size)  # the size the processor is given for photo 3
+    monkeypatch.setattr(reranker, "processor", PickyProcessor(reranker.processor, odd_size))
     ranking = reranker.rank(QUERY, some_photos, mode="batched", token_budget=100_000)
     statuses = [r.status for r in ranking.results]
     assert statuses[3] == "error" and "could not be preprocessed" in ranking.results[3].error
     assert statuses.count("scored") == len(some_photos) - 1
+
+
+class FailingForward:
+    """Wraps the model's forward: the forward numbered ``failing`` (1-based) raises ``error``."""
+
+    def __init__(self, model, error: BaseException, failing: set[int]):
+        self.model, self.original, self.error, self.failing = model, model.forward, error, failing
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls in self.failing:
+            raise self.error
+        return self.original(*args, **kwargs)
+
+    def __enter__(self):
+        self.model.forward = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+
+
+def ten_photos():
+    return [photo(40 + 7 * i, 30 + 5 * i, seed=i) for i in range(10)]
+
+
+def test_an_unexpected_error_in_a_forward_keeps_the_finished_scores_and_names_the_error(reranker):
+    with FailingForward(reranker.model, RuntimeError("device-side assert triggered"), {4}):
+        ranking = reranker.rank(QUERY, ten_photos(), mode="sequential")
+    assert [r.status for r in ranking.results] == ["scored"] * 3 + ["pending"] * 7
+    assert "device-side assert triggered" in ranking.error and "RuntimeError" in ranking.error
+
+
+@pytest.mark.parametrize("where", ["progress", "should_stop"])
+def test_an_error_in_a_callback_keeps_the_finished_scores(reranker, some_photos, where):
+    calls = []
+
+    def explode(*_):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyError("callback bug")
+        return False
+
+    kwargs = {"progress": explode} if where == "progress" else {"should_stop": explode}
+    ranking = reranker.rank(QUERY, some_photos, mode="sequential", **kwargs)
+    assert "KeyError" in ranking.error
+    assert 1 <= len(ranking.scored) < len(some_photos)
+    assert len(ranking.scored) + len(ranking.pending) == len(some_photos)
+
+
+def test_the_cpu_allocators_failure_is_treated_as_out_of_memory(reranker, some_photos):
+    error = RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+    with FailingForward(reranker.model, error, {1}) as injected:
+        ranking = reranker.rank(QUERY, some_photos, mode="batched", token_budget=100_000)
+    assert ranking.error is None and len(ranking.scored) == len(some_photos)
+    assert injected.calls > 1
+
+
+def test_transient_out_of_memory_at_the_start_still_scores_every_image(reranker):
+    photos = [photo(60, 60, seed=i) for i in range(11)]
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with FailingForward(reranker.model, oom, set(range(1, 7))) as injected:
+        ranking = reranker.rank(QUERY, photos, mode="batched", token_budget=100_000)
+    assert injected.calls > 6
+    assert [r.status for r in ranking.results] == ["scored"] * 11
+
+
+def test_batches_grow_back_within_about_ten_forwards_after_transient_out_of_memory(reranker):
+    photos = [photo(56, 56, seed=i) for i in range(120)]
+    rows_per_forward, lengths = [], []
+    original = reranker.model.forward
+    oom = torch.OutOfMemoryError("CUDA out of memory.")
+
+    def measuring(*args, **kwargs):
+        lengths.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    reranker.model.forward = measuring
+    try:
+        reranker.rank(QUERY, photos[:1])
+    finally:
+        del reranker.model.forward
+
+    def flaky(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        rows_per_forward.append(rows)
+        if 2 <= len(rows_per_forward) <= 7:  # six transient failures after one good batch
+            raise oom
+        return original(*args, **kwargs)
+
+    reranker.model.forward = flaky
+    try:
+        ranking = reranker.rank(QUERY, photos, mode="batched", token_budget=16 * lengths[0])
+    finally:
+        del reranker.model.forward
+    assert len(ranking.scored) == 120
+    largest = rows_per_forward[0]
+    assert largest == 16
+    after = rows_per_forward[7:]
+    assert max(after[:10]) >= largest // 2
+
+
+def test_an_image_out_of_memory_alone_is_retried_once_at_the_end(reranker, some_photos):
+    # The first forward (sequential: the first image alone) fails once; the retry at the end succeeds.
+    oom = torch.OutOfMemoryError("CUDA out of memory.")
+    events = []
+    with FailingForward(reranker.model, oom, {1}):
+        ranking = reranker.rank(QUERY, some_photos, mode="sequential", progress=events.append)
+    assert [r.status for r in ranking.results] == ["scored"] * len(some_photos)
+    finished_last = [r.index for e in events for r in e.new_results][-1]
+    assert finished_last == 0
+
+
+def test_a_query_longer_than_the_model_was_trained_on_is_refused_in_one_sentence(reranker, some_photos):
+    with pytest.raises(InputError, match="too long.*3,200 tokens"):
+        reranker.rank("sunset over the sea " * 2000, some_photos[:1])
+
+
+def test_waiting_runs_are_told_their_place_in_the_queue_and_waiting_is_not_ranking_time(reranker, some_photos):
+    first_started, release_first = threading.Event(), threading.Event()
+    events = {"second": [], "third": []}
+    results = {}
+
+    def hold(event):
+        first_started.set()
+        release_first.wait(timeout=30)
+
+    first = threading.Thread(target=lambda: reranker.rank(QUERY, some_photos[:1], mode="sequential", progress=hold))
+    first.start()
+    assert first_started.wait(timeout=30)
+
+    def run(name):
+        results[name] = reranker.rank(QUERY, some_photos[:1], progress=events[name].append)
+
+    second = threading.Thread(target=run, args=("second",))
+    second.start()
+    for _ in range(200):
+        if events["second"]:
+            break
+        threading.Event().wait(0.02)
+    third = threading.Thread(target=run, args=("third",))
+    third.start()
+    for _ in range(200):
+        if events["third"]:
+            break
+        threading.Event().wait(0.02)
+    threading.Event().wait(0.5)  # waiting time that must not count as ranking time
+    release_first.set()
+    for thread in (first, second, third):
+        thread.join(timeout=60)
+    assert events["second"][0].waiting and events["second"][0].queue_position == 1
+    assert events["third"][0].waiting and events["third"][0].queue_position == 2
+    assert any(e.waiting and e.queue_position == 1 for e in events["third"])  # moved up when the first ended
+    assert "place 2 in the queue" in events["third"][0].describe()
+    assert results["third"].elapsed_s < 0.5
+
+
+def test_eta_is_weighted_by_work_not_by_image_count():
+    from lychee_rerank.execution import ProgressClock
+
+    clock = ProgressClock(total=4, total_work=1000)
+    clock.start -= 10  # 10 s spent on the first image, which was 700 of the 1000 tokens of work
+    _, _, eta = clock.advance(1, 700)
+    assert eta == pytest.approx(300 / 70, rel=0.05)  # not 3 images x 10 s
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_any_number_of_preprocessing_workers_gives_the_same_scores_in_input_order(reranker, some_photos, workers):
+    baseline = reranker.rank(QUERY, some_photos, token_budget=100_000, workers=2)
+    ranking = reranker.rank(QUERY, some_photos, token_budget=100_000, workers=workers)
+    assert [r.index for r in ranking.results] == list(range(len(some_photos)))
+    assert scores_of(ranking) == scores_of(baseline)
+
+
+def test_preprocessing_runs_a_bounded_number_of_images_ahead():
+    from lychee_rerank.pipeline import RowFeeder
+
+    live, peak, lock = set(), [0], threading.Lock()
+
+    def prepare(item):
+        with lock:
+            live.add(item)
+            peak[0] = max(peak[0], len(live))
+        return item
+
+    items = list(range(200))
+    with RowFeeder(items, prepare, workers=4, window=6) as feeder:
+        for item in items:
+            assert feeder.get(item) == item
+            with lock:
+                live.discard(item)
+            feeder.release(item)
+    assert peak[0] <= 7  # the window, plus the one being waited for
+
+
+def test_stopping_cancels_preprocessing_that_has_not_started():
+    from lychee_rerank.pipeline import RowFeeder
+
+    prepared = []
+    with RowFeeder(list(range(100)), prepared.append, workers=2, window=4) as feeder:
+        feeder.get(0)
+    assert len(prepared) <= 6
