@@ -1,7 +1,8 @@
 """Scores equal the model card's code (tests/model_card.py, independent of the engine) within 2e-5.
 
 The demo checkpoint's scores spread over [0, 1], so a change of positions, pixels or prompt moves a
-score far beyond the tolerance (checked by mutation: see the note on issue 8 and docs/fidelity.md).
+score far beyond the tolerance (checked by mutation: dropping `mm_token_type_ids` or skipping
+qwen-vl-utils makes these tests fail).
 """
 
 from __future__ import annotations
