@@ -23,6 +23,7 @@ from lychee_rerank.loading import DEFAULT_MAX_PIXELS
 from lychee_rerank.quantization import choose_quantization, weight_sizes, working_batch_bytes
 
 from imagegen import encode
+from test_app import app  # noqa: F401  (the AppTest fixture)
 
 GB, GIB = 10**9, 2**30
 QUERY = "一只猫 a cat"
@@ -223,3 +224,14 @@ def test_quantised_weights_too_large_for_the_gpu_are_explained_in_one_sentence(m
     with pytest.raises(ModelLoadError) as info:
         Reranker.load("demo", dtype="float32", quantize="8bit")
     assert str(info.value) == "the 8-bit weights of demo do not fit in the free GPU memory (choose 4-bit, or free GPU memory)"
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+def test_app_sidebar_loads_the_chosen_quantisation_and_shows_it(app):
+    app.selectbox(key="quantize_input:auto").set_value("8bit")
+    next(b for b in app.button if b.label == "Load model").click().run()
+    assert not app.exception and not app.error
+    info = " ".join(m.value for m in app.sidebar.markdown)
+    assert "**Quantisation:** 8bit" in info and r"**Weights memory:** 1\.4 MB" in info  # markdown-escaped
