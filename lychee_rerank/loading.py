@@ -55,8 +55,7 @@ class ModelInfo:
 
     def summary(self) -> str:
         """One line: "demo on cpu, float32, 8-bit weights, 1.4 MB" (+ why, when ``auto`` chose)."""
-        weights = "unquantised" if self.quantization == "none" else QUANTIZATION_LABELS[self.quantization]
-        line = f"{self.name} on {self.device}, {self.dtype}, {weights} weights"
+        line = f"{self.name} on {self.device}, {self.dtype}, {QUANTIZATION_LABELS[self.quantization]} weights"
         if self.weights_bytes is not None:
             line += f", {format_bytes(self.weights_bytes)}"
         return line + (f" ({self.quantization_reason})" if self.quantization_reason else "")

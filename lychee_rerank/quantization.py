@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from .execution import MEMORY_SHARE, activation_bytes_per_token
 
 QUANTIZE_MODES = ("auto", "none", "8bit", "4bit")
-LABELS = {"none": "no quantisation", "8bit": "8-bit", "4bit": "4-bit"}
+LABELS = {"none": "unquantised", "8bit": "8-bit", "4bit": "4-bit"}
 # Module names (and their children) left unquantised; "visual" is the tower's name in older
 # transformers layouts, "model.visual" in transformers 5.
 SKIP_MODULES = ("model.visual", "visual", "lm_head")
 # A "working batch": the memory the batched mode needs beside the weights for batches of this many
-# images at the resolution cap. Fewer than 4 and batching gains little; the engine's own budget
-# rule (execution.MEMORY_SHARE of the memory free after loading) then admits such a batch.
+# images at the resolution cap, so that batching has several images per forward to work with (4 is
+# a judgement, not a measurement: no GPU has measured the batch size where the gain levels off).
 WORKING_BATCH_IMAGES = 4
 # Text tokens per sequence besides the image: system prompt, instruction, query (86 with the demo
 # tokenizer and a short query; see docs/benchmarks.md), rounded up for longer queries.
@@ -68,7 +68,7 @@ def choose_quantization(free_bytes: int | None, sizes: WeightSizes | None, worki
     needs = {mode: sizes.of(mode) + working_bytes for mode in ("none", "8bit", "4bit")}
     mode = next((m for m in ("none", "8bit") if needs[m] <= free_bytes), "4bit")
     reason = f"auto: {format_bytes(free_bytes)} GPU memory free; weights plus a working batch need " + ", ".join(
-        f"{format_bytes(needs[m])} {'unquantised' if m == 'none' else LABELS[m]}" for m in needs
+        f"{format_bytes(needs[m])} {LABELS[m]}" for m in needs
     )
     return QuantizationChoice(mode, reason)
 

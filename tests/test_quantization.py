@@ -82,10 +82,12 @@ def test_auto_follows_the_checkpoint_size_not_fixed_thresholds(arch_sizes):
     assert choose_quantization(10 * GB, sizes, working).mode == "8bit"
 
 
-def test_auto_never_quantises_without_a_gpu(arch_sizes):
+def test_auto_never_quantises_without_a_gpu(arch_sizes, reranker):
     sizes, working = arch_sizes["qwen2.5-vl-7b"]
     assert choose_quantization(None, sizes, working).mode == "none"
-    assert Reranker.load("demo", dtype="float32").info.quantization == "none"  # this machine has no GPU
+    # The session's demo reranker was loaded with the default quantize="auto" on this GPU-less machine.
+    assert reranker.info.quantization == "none"
+    assert reranker.info.quantization_reason == "auto: no CUDA GPU, so no quantisation"
 
 
 def test_auto_on_a_small_gpu_loads_quantised_weights(monkeypatch, demo_cache):
@@ -175,6 +177,18 @@ def test_an_unknown_quantisation_is_explained():
         Reranker.load("demo", quantize="3bit")
 
 
+def test_quantised_weights_too_large_for_the_gpu_are_explained_in_one_sentence(monkeypatch, demo_cache):
+    import transformers
+
+    def too_large(*args, **kwargs):  # what transformers raises when quantised layers would spill to CPU
+        raise ValueError("Some modules are dispatched on the CPU or the disk. Make sure you have enough GPU RAM to fit the quantized model.")
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", too_large)
+    with pytest.raises(ModelLoadError) as info:
+        Reranker.load("demo", dtype="float32", quantize="8bit")
+    assert str(info.value) == "the 8-bit weights of demo do not fit in the free GPU memory (choose 4-bit, or free GPU memory)"
+
+
 # --- the command line ----------------------------------------------------------------------------
 
 
@@ -212,18 +226,6 @@ def test_cli_refuses_a_mode_that_cannot_run_here_in_one_line(monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert len(err) == 1 and err[0].startswith("lychee-rerank: 4-bit needs a CUDA GPU")
-
-
-def test_quantised_weights_too_large_for_the_gpu_are_explained_in_one_sentence(monkeypatch, demo_cache):
-    import transformers
-
-    def too_large(*args, **kwargs):  # what transformers raises when quantised layers would spill to CPU
-        raise ValueError("Some modules are dispatched on the CPU or the disk. Make sure you have enough GPU RAM to fit the quantized model.")
-
-    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", too_large)
-    with pytest.raises(ModelLoadError) as info:
-        Reranker.load("demo", dtype="float32", quantize="8bit")
-    assert str(info.value) == "the 8-bit weights of demo do not fit in the free GPU memory (choose 4-bit, or free GPU memory)"
 
 
 # --- the app -------------------------------------------------------------------------------------
