@@ -22,6 +22,7 @@ from .loading import (
     default_model,
 )
 from .prompt import DEFAULT_INSTRUCTION, SYSTEM_PROMPT
+from .quantization import QUANTIZE_MODES
 from .reranker import InputError, Reranker
 from .results import ImageResult, Progress, Ranking, ranked
 
@@ -34,6 +35,7 @@ __all__ = [
     "DEMO_NAME",
     "DTYPES",
     "MODES",
+    "QUANTIZE_MODES",
     "SYSTEM_PROMPT",
     "ImageError",
     "ImageResult",

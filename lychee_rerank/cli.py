@@ -33,6 +33,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .execution import MODES
     from .loading import DTYPES
+    from .quantization import QUANTIZE_MODES
 
     parser = argparse.ArgumentParser(prog=PROG, description="Rank images against a query with Lychee-rerank-mm.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{rank,bench}")
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--model", help="hub id, local directory, or 'demo' (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
     rank.add_argument("--mode", choices=MODES, default="auto", help="auto = adaptive batching; sequential = memory-safe")
     rank.add_argument("--dtype", choices=DTYPES, default="auto")
+    rank.add_argument("--quantize", choices=QUANTIZE_MODES, default="auto",
+                      help="8bit/4bit weights (bitsandbytes) for GPUs under 24 GB; auto picks from free GPU memory, none on CPU")
     rank.add_argument("--max-pixels", type=_positive_int, metavar="N", help="pixels per image after resizing (fewer = faster)")
     rank.add_argument("--csv", metavar="PATH", help="write the ranking as CSV")
     rank.add_argument("--json", metavar="PATH", help="write the ranking as JSON")
@@ -116,10 +119,11 @@ def run_rank(args: argparse.Namespace) -> int:
 
     _quiet_libraries()
     try:
-        reranker = Reranker.load(args.model, dtype=args.dtype)
+        reranker = Reranker.load(args.model, dtype=args.dtype, quantize=args.quantize)
     except ModelLoadError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    print(f"{PROG}: loaded {reranker.info.summary()}", file=sys.stderr)
     if reranker.info.is_demo:
         print(f"{PROG}: demo model (random weights): the scores are meaningless", file=sys.stderr)
 

@@ -12,6 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .demo_model import DEMO_NAME, ensure_demo_model, is_demo_checkpoint
+from .quantization import (
+    LABELS as QUANTIZATION_LABELS,
+    QUANTIZE_MODES,
+    QuantizationChoice,
+    QuantizationError,
+    bnb_config,
+    check_backend,
+    choose_quantization,
+    format_bytes,
+    free_cuda_bytes,
+    weight_sizes,
+    working_batch_bytes,
+)
 
 DEFAULT_MODEL = "vec-ai/lychee-rerank-mm"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -36,6 +49,16 @@ class ModelInfo:
     parameters: int
     load_seconds: float
     is_demo: bool
+    quantization: str = "none"  # "none", "8bit" or "4bit": what was loaded
+    quantization_reason: str = ""  # why, when ``auto`` chose it
+    weights_bytes: int | None = None  # the loaded weights' memory (model.get_memory_footprint())
+
+    def summary(self) -> str:
+        """One line: "demo on cpu, float32, 8-bit weights, 1.4 MB" (+ why, when ``auto`` chose)."""
+        line = f"{self.name} on {self.device}, {self.dtype}, {QUANTIZATION_LABELS[self.quantization]} weights"
+        if self.weights_bytes is not None:
+            line += f", {format_bytes(self.weights_bytes)}"
+        return line + (f" ({self.quantization_reason})" if self.quantization_reason else "")
 
 
 def default_model() -> str:
@@ -95,12 +118,15 @@ OFFLINE_HINT = (
 )
 
 
-def _explain(name: str, exc: BaseException) -> str:
+def _explain(name: str, exc: BaseException, quantization: str = "none") -> str:
     text = str(exc).lower()
+    if quantization != "none" and ("dispatched on the cpu" in text or "out of memory" in text):
+        smaller = " (choose 4-bit, or free GPU memory)" if quantization == "8bit" else " (free GPU memory, or use a larger GPU)"
+        return f"the {QUANTIZATION_LABELS[quantization]} weights of {name} do not fit in the free GPU memory{smaller}"
     if isinstance(exc, MemoryError) or "out of memory" in text:
         return (
             f"not enough memory to load {name}: it needs about 17 GB of GPU memory in bf16 "
-            "(close other programs using the GPU, or use a larger GPU)"
+            "(load it in 8-bit or 4-bit, close other programs using the GPU, or use a larger GPU)"
         )
     if any(word in text for word in ("connect", "offline", "resolve", "network", "timed out", "max retries")):
         return f"could not download {name}: the Hugging Face Hub cannot be reached; {OFFLINE_HINT}"
@@ -134,31 +160,65 @@ def _hub_check(repo_id: str) -> bool:
     return False
 
 
+def resolve_quantization(quantize: str, source: str, torch_dtype, local_only: bool) -> QuantizationChoice:
+    """What to load: ``quantize`` as asked, or for ``auto`` the choice from free GPU memory and the
+    checkpoint's own architecture (its config.json: no weights are read)."""
+    if quantize != "auto":
+        return QuantizationChoice(quantize, "")
+    free = free_cuda_bytes()
+    if free is None:
+        return choose_quantization(None, None, 0)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    dtype_bytes = torch_dtype.itemsize
+    return choose_quantization(
+        free, weight_sizes(config, dtype_bytes), working_batch_bytes(config, dtype_bytes, DEFAULT_MAX_PIXELS)
+    )
+
+
 def load_model(
     name: str | None = None,
     *,
     dtype: str = "auto",
     attention: str = "auto",
     device_map: str | dict | None = "auto",
+    quantize: str = "auto",
 ):
-    """Load (model, processor, ModelInfo) or raise ModelLoadError with a one-sentence explanation."""
+    """Load (model, processor, ModelInfo) or raise ModelLoadError with a one-sentence explanation.
+
+    ``quantize``: "none", "8bit", "4bit" (bitsandbytes), or "auto" (by free GPU memory; none on CPU).
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     name = name or default_model()
     start = time.perf_counter()
+    if quantize not in QUANTIZE_MODES:
+        raise ModelLoadError(f"unknown quantisation {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     source = resolve_source(name)
     torch_dtype = resolve_dtype(dtype)
     attn = resolve_attention(attention, torch_dtype)
     local_only = False if Path(source).is_dir() else _hub_check(source)
+    quantization = QuantizationChoice("none", "")
     try:
+        quantization = resolve_quantization(quantize, source, torch_dtype, local_only)
+        if quantization.mode != "none":
+            check_backend(quantization.mode)
         processor = AutoProcessor.from_pretrained(source, padding_side="left", local_files_only=local_only)
         model = AutoModelForImageTextToText.from_pretrained(
-            source, dtype=torch_dtype, device_map=device_map, attn_implementation=attn, local_files_only=local_only
+            source,
+            dtype=torch_dtype,
+            device_map=device_map,
+            attn_implementation=attn,
+            local_files_only=local_only,
+            quantization_config=None if quantization.mode == "none" else bnb_config(quantization.mode, torch_dtype),
         )
     except ModelLoadError:
         raise
+    except QuantizationError as exc:
+        raise ModelLoadError(str(exc)) from exc
     except Exception as exc:  # every failure becomes one sentence for the user
-        raise ModelLoadError(_explain(name, exc)) from exc
+        raise ModelLoadError(_explain(name, exc, quantization.mode)) from exc
     model.eval()
     processor.tokenizer.padding_side = "left"  # batches end where the answer starts
     info = ModelInfo(
@@ -167,8 +227,11 @@ def load_model(
         device=str(model.device),
         dtype=str(torch_dtype).removeprefix("torch."),
         attention=attn,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=model.num_parameters(),  # counts packed 4-bit weights as the parameters they hold
         load_seconds=time.perf_counter() - start,
         is_demo=is_demo_checkpoint(source) if Path(source).is_dir() else False,
+        quantization=quantization.mode,
+        quantization_reason=quantization.reason,
+        weights_bytes=int(model.get_memory_footprint()),
     )
     return model, processor, info

@@ -57,10 +57,14 @@ class Reranker:
         device_map: str | dict | None = "auto",
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        quantize: str = "auto",
     ) -> "Reranker":
         """Load a model by hub id, directory or 'demo' (default: $LYCHEE_MODEL or the real model).
+        ``quantize``: "auto" (by free GPU memory; none on CPU), "none", "8bit" or "4bit".
         Raises ModelLoadError with a one-sentence explanation."""
-        loaded_model, processor, info = load_model(model, dtype=dtype, attention=attention, device_map=device_map)
+        loaded_model, processor, info = load_model(
+            model, dtype=dtype, attention=attention, device_map=device_map, quantize=quantize
+        )
         return cls(loaded_model, processor, info, min_pixels=min_pixels, max_pixels=max_pixels)
 
     @property

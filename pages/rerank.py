@@ -378,7 +378,7 @@ def main() -> None:
         st.warning(t("demo_banner"), icon=":material/warning:")
 
     query_item, items = _inputs()
-    key = _current_key(query_item, outcome.name, outcome.dtype)
+    key = _current_key(query_item, outcome.name, f"{outcome.dtype}|{outcome.quantize}")
     run: Run | None = st.session_state.get(RUN_KEY)
     if run is not None:
         run.touch()

@@ -390,7 +390,7 @@ def test_live_panel_shows_waiting_progress_stop_and_memory(app, reranker, monkey
 
     monkeypatch.setattr(gpu, "gpu_readings", lambda: [])
     # the app must use the very model the other tab holds
-    monkeypatch.setattr(model_ui, "_load", lambda name, dtype: model_ui.LoadOutcome(name, dtype, reranker=reranker))
+    monkeypatch.setattr(model_ui, "_load", lambda name, dtype, quantize: model_ui.LoadOutcome(name, dtype, reranker=reranker))
     other_tab = threading.Thread(target=reranker.rank, args=("x", [encode(scene(0))]), kwargs={"progress": hold})
     other_tab.start()
     try:

@@ -33,6 +33,14 @@ STRINGS: dict[str, tuple[str, str]] = {
         "auto: bfloat16 on recent GPUs, float16 on older ones, float32 on CPU.",
         "auto：较新的 GPU 用 bfloat16，较旧的用 float16，CPU 上用 float32。",
     ),
+    "quantize": ("Quantisation", "量化"),
+    "quantize_help": (
+        "8bit/4bit weights (bitsandbytes) let the 7B model run on GPUs under 24 GB, with slightly different "
+        "scores. auto: none when the bf16 weights and a batch fit in free GPU memory, else 8bit, else 4bit; "
+        "none on CPU.",
+        "8bit/4bit 权重（bitsandbytes）可让 7B 模型在 24 GB 以下的 GPU 上运行，分数略有差异。auto：空闲显存"
+        "放得下 bf16 权重和一个批次时不量化，否则 8bit，再否则 4bit；CPU 上不量化。",
+    ),
     "load_model": ("Load model", "加载模型"),
     "loading_model": (
         "Loading {name} ({dtype})… the first start of the real model downloads about 16 GB.",
@@ -44,6 +52,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "info_attention": ("Attention", "注意力实现"),
     "info_parameters": ("Parameters", "参数量"),
     "info_load_time": ("Load time", "加载耗时"),
+    "info_quantization": ("Quantisation", "量化"),
+    "info_weights_memory": ("Weights memory", "权重内存"),
     "model_failed_short": ("{name} is not loaded.", "{name} 未加载。"),
     "model_error": ("The model could not be loaded. {reason}", "模型无法加载。{reason}"),
     "use_demo": ("Use the built-in demo model", "使用内置演示模型"),

@@ -1,4 +1,5 @@
-"""The model: loaded once per process (st.cache_resource, keyed by model and dtype), chosen in the sidebar.
+"""The model: loaded once per process (st.cache_resource, keyed by model, dtype and quantisation), chosen in
+the sidebar.
 
 A failed load is cached too (as its one-sentence reason): without network the hub's retries take
 minutes, and every rerun would otherwise pay them again. "Retry loading" clears that one entry.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from lychee_rerank import DEMO_NAME, DTYPES, ModelLoadError, Reranker, default_model
+from lychee_rerank import DEMO_NAME, DTYPES, QUANTIZE_MODES, ModelLoadError, Reranker, default_model
 
 from . import fmt
 from .i18n import t
@@ -23,6 +24,8 @@ MODEL_KEY = "model_name"  # the model in use (session state)
 DTYPE_KEY = "model_dtype"
 MODEL_INPUT_KEY = "model_input"  # the sidebar's text input
 DTYPE_INPUT_KEY = "dtype_input"
+QUANTIZE_KEY = "model_quantize"
+QUANTIZE_INPUT_KEY = "quantize_input"
 # The real model is ~17 GB: more than two cached models would fill most GPUs.
 MAX_CACHED_MODELS = 2
 
@@ -33,41 +36,46 @@ class LoadOutcome:
     dtype: str
     reranker: Reranker | None = None
     error: str | None = None  # one sentence, when reranker is None
+    quantize: str = "auto"  # as asked for; reranker.info.quantization says what was loaded
 
 
 @st.cache_resource(show_spinner=False, max_entries=MAX_CACHED_MODELS)
-def _load(name: str, dtype: str) -> LoadOutcome:
+def _load(name: str, dtype: str, quantize: str) -> LoadOutcome:
     try:
-        return LoadOutcome(name, dtype, reranker=Reranker.load(name, dtype=dtype))
+        return LoadOutcome(name, dtype, reranker=Reranker.load(name, dtype=dtype, quantize=quantize), quantize=quantize)
     except ModelLoadError as exc:
-        return LoadOutcome(name, dtype, error=fmt.sentence(str(exc)))
+        return LoadOutcome(name, dtype, error=fmt.sentence(str(exc)), quantize=quantize)
     except Exception as exc:  # never a traceback on the page; the log keeps it
         log.exception("loading %s failed", name)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return LoadOutcome(name, dtype, error=fmt.sentence(f"could not load {name}: {first}"))
+        return LoadOutcome(name, dtype, error=fmt.sentence(f"could not load {name}: {first}"), quantize=quantize)
 
 
-def selected() -> tuple[str, str]:
-    """(model name, dtype) for this session: $LYCHEE_MODEL at first, then the sidebar's choice."""
+def selected() -> tuple[str, str, str]:
+    """(model name, dtype, quantisation) for this session: $LYCHEE_MODEL at first, then the sidebar's choice."""
     if MODEL_KEY not in st.session_state:
         st.session_state[MODEL_KEY] = default_model()
     if DTYPE_KEY not in st.session_state:
         st.session_state[DTYPE_KEY] = "auto"
-    return st.session_state[MODEL_KEY], st.session_state[DTYPE_KEY]
+    if QUANTIZE_KEY not in st.session_state:
+        st.session_state[QUANTIZE_KEY] = "auto"
+    return st.session_state[MODEL_KEY], st.session_state[DTYPE_KEY], st.session_state[QUANTIZE_KEY]
 
 
 def active() -> LoadOutcome:
     """The session's model, loading it (with a spinner) the first time this process needs it."""
-    name, dtype = selected()
+    name, dtype, quantize = selected()
     with st.spinner(t("loading_model", name=name, dtype=dtype), show_time=True):
-        return _load(name, dtype)
+        return _load(name, dtype, quantize)
 
 
-def choose(name: str, dtype: str | None = None) -> None:
+def choose(name: str, dtype: str | None = None, quantize: str | None = None) -> None:
     """Switch this session to another model (used by callbacks)."""
     st.session_state[MODEL_KEY] = name
     if dtype is not None:
         st.session_state[DTYPE_KEY] = dtype
+    if quantize is not None:
+        st.session_state[QUANTIZE_KEY] = quantize
 
 
 def use_demo() -> None:
@@ -75,13 +83,12 @@ def use_demo() -> None:
 
 
 def retry() -> None:
-    name, dtype = selected()
-    _load.clear(name, dtype)
+    _load.clear(*selected())
 
 
-def _apply_sidebar_choice(name_key: str, dtype_key: str) -> None:
+def _apply_sidebar_choice(name_key: str, dtype_key: str, quantize_key: str) -> None:
     name = (st.session_state.get(name_key) or "").strip() or default_model()
-    choose(name, st.session_state.get(dtype_key) or "auto")
+    choose(name, st.session_state.get(dtype_key) or "auto", st.session_state.get(quantize_key) or "auto")
 
 
 def sidebar_form() -> None:
@@ -90,13 +97,16 @@ def sidebar_form() -> None:
     The widgets take their value from the model in use (their keys follow it): Streamlit re-identifies
     main-script widgets when st.navigation's page changes, and they must not fall back to blanks then.
     """
-    name, dtype = selected()
+    name, dtype, quantize = selected()
     name_key, dtype_key = f"{MODEL_INPUT_KEY}:{name}", f"{DTYPE_INPUT_KEY}:{dtype}"
+    quantize_key = f"{QUANTIZE_INPUT_KEY}:{quantize}"
     with st.sidebar.form("model_form", border=False):
         st.text_input(t("model_input"), value=name, key=name_key, help=t("model_input_help"))
         st.selectbox(t("dtype"), DTYPES, index=DTYPES.index(dtype) if dtype in DTYPES else 0, key=dtype_key,
                      help=t("dtype_help"))
-        st.form_submit_button(t("load_model"), on_click=_apply_sidebar_choice, args=(name_key, dtype_key))
+        st.selectbox(t("quantize"), QUANTIZE_MODES, index=QUANTIZE_MODES.index(quantize) if quantize in QUANTIZE_MODES else 0,
+                     key=quantize_key, help=t("quantize_help"))
+        st.form_submit_button(t("load_model"), on_click=_apply_sidebar_choice, args=(name_key, dtype_key, quantize_key))
 
 
 def sidebar_info(outcome: LoadOutcome, *, with_reason: bool = True) -> None:
@@ -118,9 +128,13 @@ def sidebar_info(outcome: LoadOutcome, *, with_reason: bool = True) -> None:
         (t("info_dtype"), info.dtype),
         (t("info_attention"), info.attention),
         (t("info_parameters"), fmt.count(info.parameters)),
+        (t("info_quantization"), info.quantization),
+        (t("info_weights_memory"), fmt.size(info.weights_bytes)),
         (t("info_load_time"), fmt.seconds(info.load_seconds)),
     ]
     sidebar.markdown("  \n".join(f"**{label}:** {fmt.md_escape(value)}" for label, value in rows))
+    if info.quantization != "none" and info.quantization_reason:  # why auto chose smaller weights
+        sidebar.caption(fmt.md_escape(info.quantization_reason))
     own_run = st.session_state.get(SESSION_KEY)  # this session's own run is no news
     if outcome.reranker.busy and not (own_run is not None and own_run.running):
         sidebar.caption(t("model_busy"))
