@@ -245,6 +245,8 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
         finished.update((r.index, r) for r in event.new_results)
         bar.update(len(event.new_results))
 
+    start = time.perf_counter()
+
     def what_finished(cancelled: bool, error: str | None = None) -> Ranking:
         """The run as far as the progress events tell, should rank() raise instead of returning."""
         return Ranking(
@@ -254,7 +256,6 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
             model=reranker.info.name, is_demo=reranker.info.is_demo, error=error,
         )
 
-    start = time.perf_counter()
     signals.phase, signals.ranking = "ranking", True
     try:
         ranking = reranker.rank(
@@ -271,7 +272,7 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
         raise UsageError(str(exc)) from None
     except Interrupted:  # a second signal: stop now
         ranking = what_finished(cancelled=True)
-    except Exception as exc:  # noqa: BLE001 - whatever stopped the run, what finished is written
+    except Exception as exc:  # whatever stopped the run, what finished is written
         ranking = what_finished(cancelled=False, error=_one_line(exc))
     finally:
         signals.phase, signals.ranking = "writing the outputs", False

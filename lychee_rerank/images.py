@@ -148,25 +148,34 @@ def file_kind(mode: int) -> str | None:
     return next((kind for test, kind in _FILE_KINDS if test(mode)), None)
 
 
+def _unreadable(path: str, exc: Exception) -> ImageError:
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            return ImageError("broken link: it points to nothing")
+        return ImageError(f"file not found: {path}")
+    if isinstance(exc, PermissionError):
+        return ImageError("permission denied: the file cannot be read")
+    if isinstance(exc, OSError):
+        return ImageError(f"the file cannot be read ({exc.strerror or exc})")
+    return ImageError("the file name is not valid")  # ValueError: a NUL in the name
+
+
 def _open_file(path: str) -> BinaryIO:
     """Open a regular file for reading, or say in one sentence why it cannot be."""
     try:
         info = os.stat(path)
-        kind = file_kind(info.st_mode)
-        if kind is None and info.st_size == 0:
-            raise ImageError("the file is empty")
-        if kind is not None:
-            raise ImageError(f"not a regular file ({kind})")
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    kind = file_kind(info.st_mode)
+    if kind is not None:
+        raise ImageError(f"not a regular file ({kind})")
+    if info.st_size == 0:
+        raise ImageError("the file is empty")
+    try:
         # O_NONBLOCK: should the file be swapped for a pipe after the check, open() must not hang.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise ImageError("broken link: it points to a file that does not exist") from None
-        raise ImageError(f"file not found: {path}") from None
-    except PermissionError:
-        raise ImageError("permission denied: the file cannot be read") from None
     except OSError as exc:
-        raise ImageError(f"the file cannot be read ({exc.strerror or exc})") from None
+        raise _unreadable(path, exc) from None
     file = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         file.close()
@@ -207,8 +216,6 @@ def _image_errors() -> Iterator[None]:
         raise ImageError("not an image, or an image format that cannot be read") from exc
     except MemoryError as exc:
         raise ImageError("not enough memory to decode this image") from exc
-    except PermissionError as exc:
-        raise ImageError("permission denied: the file cannot be read") from exc
     except Exception as exc:
         # Pillow's decoders raise OSError, ValueError, SyntaxError, EOFError, struct.error,
         # IndexError, ... on malformed data: all of them mean the same thing to the user.
@@ -224,16 +231,21 @@ def _opened(source: ImageSource) -> Iterator[Image.Image]:
     """The image opened lazily (header only); the file is closed on exit. Errors: ImageError."""
     _drop_pillow_warnings()
     if isinstance(source, Image.Image):
+        _check_size(source, pixel_limit=False)  # already decoded: the memory is spent
         yield source
         return
     with _file_object(source) as file, _image_errors():
         with Image.open(file) as image:
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise ImageError("the image has no pixels")
-            if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
-                raise _too_large()
+            _check_size(image)
             yield image
+
+
+def _check_size(image: Image.Image, pixel_limit: bool = True) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError("the image has no pixels")
+    if pixel_limit and Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise _too_large()
 
 
 def _orientation(image: Image.Image) -> int:
@@ -336,15 +348,10 @@ def load_image(source: ImageSource, *, reduce_to: tuple[int, int] | None = None)
             if orientation in _TRANSPOSED_ORIENTATIONS:  # draft works in the file's own frame
                 width, height = height, width
             image.draft("RGB", (width, height))
-        header_size = image.size
         if getattr(image, "is_animated", False):
             image.seek(0)  # animated files: the first frame
         image.load()
         rgb = _to_rgb(image)
-        if rgb.size != header_size:
-            # A malformed file whose data disagrees with its header (an icon of another size):
-            # the header's size is what was planned for.
-            rgb = rgb.resize(header_size)
         if orientation in _UPRIGHT:
             rgb = rgb.transpose(_UPRIGHT[orientation])
         return _fit_strip(rgb)

@@ -306,6 +306,7 @@ def test_a_blank_query_with_a_query_image_ranks_by_the_image_alone(folder, tmp_p
         (["--query-image", "corrupt.jpg"], "the query image cannot be used: the image data is truncated or corrupt"),
         (["--query-image", "nowhere.jpg"], "the query image cannot be used: file not found"),
         (["-q", " "], "type a query (or give a query image)"),
+        (["--csv", "same.out", "--json", "same.out"], "--csv and --json name the same file"),
     ],
 )
 def test_bad_outputs_settings_and_query_images_are_reported_before_the_model_loads(folder, tmp_path, flags, message):
@@ -422,4 +423,29 @@ def test_a_signal_while_the_model_loads_exits_with_one_line(folder, name, code):
     result = run_cli("rank", "--model", "demo", "-q", "cat", str(folder), inject=SIGNAL_WHILE_LOADING.format(name=name))
     assert result.returncode == code
     assert result.stderr.strip().splitlines()[-1] == f"lychee-rerank: interrupted by {name} while loading the model"
+    assert "Traceback" not in result.stderr
+
+
+SECOND_SIGNAL_ON_3RD_FORWARD = """
+import os, signal
+from lychee_rerank import scoring
+forward, calls = scoring.PairScorer.forward, []
+def signalling_twice(self, batch):
+    calls.append(batch)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGINT)  # stop after this forward...
+        os.kill(os.getpid(), signal.SIGINT)  # ...no: stop now
+    return forward(self, batch)
+scoring.PairScorer.forward = signalling_twice
+"""
+
+
+def test_a_second_signal_stops_the_run_at_once_and_still_writes_what_finished(tmp_path):
+    ten_photos(tmp_path / "ten")
+    out_csv = tmp_path / "out.csv"
+    result = run_cli("rank", "--model", "demo", "-q", "cat", "ten", "--mode", "sequential", "--csv", str(out_csv),
+                     cwd=tmp_path, inject=SECOND_SIGNAL_ON_3RD_FORWARD)
+    assert result.returncode == 130, result.stderr
+    rows = read_csv(out_csv)
+    assert len(rows) == 10 and sum(1 for row in rows if row["score"]) == 2
     assert "Traceback" not in result.stderr

@@ -231,13 +231,6 @@ def test_a_file_without_read_permission_says_permission_denied(tmp_path):
     assert result.stdout.splitlines() == ["permission denied: the file cannot be read"] * 2, result.stderr
 
 
-def test_an_icon_whose_data_disagrees_with_its_header_still_loads_at_the_probed_size():
-    data = bytearray(encode(photo(64, 64), "ICO", sizes=[(64, 64)]))
-    data[6:8] = bytes([32, 32])  # the directory says 32 x 32; the PNG inside is 64 x 64
-    probed = probe_image(bytes(data))
-    assert load_image(bytes(data)).size == (probed.width, probed.height)
-
-
 # -- decoding a JPEG at a reduced DCT scale (reduce_to) ---------------------------------------------
 
 
