@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import io
 import math
 import os
@@ -130,6 +131,7 @@ class ImageSize:
     height: int
     file_width: int = 0
     file_height: int = 0
+    format: str | None = None  # Pillow's name of the file format ("JPEG", "PNG", ...)
 
 
 def source_name(source: ImageSource, index: int) -> str:
@@ -260,26 +262,46 @@ def _orientation(image: Image.Image) -> int:
 
 
 # -- sizes --------------------------------------------------------------------------------------
-def _strip_length_limit() -> int:
-    """The longest side a strip keeps: its padded canvas fits the canvas limit."""
-    canvas = min(MAX_STRIP_CANVAS_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_STRIP_CANVAS_PIXELS)
+def _padded_short_side(long: int, short: int) -> int:
+    """The short side after padding, so that both resizes of the model card's path accept the
+    image: qwen-vl-utils' (aspect ratio at most MAX_ASPECT_RATIO) and then the processor's, after
+    qwen-vl-utils has rounded both sides to multiples of 28 (which can push the ratio past it)."""
+    padded = max(short, math.ceil(long / MAX_ASPECT_RATIO))
+    while not _model_card_accepts(long, padded):
+        padded = math.ceil(padded * 1.01) + 1
+    return padded
+
+
+def _model_card_accepts(long: int, short: int) -> bool:
+    from qwen_vl_utils.vision_process import smart_resize
+
+    try:
+        resized = smart_resize(short, long, factor=28)
+    except ValueError:
+        return False
+    return max(resized) <= MAX_ASPECT_RATIO * min(resized)
+
+
+@functools.lru_cache(maxsize=8)
+def _strip_length_limit(canvas: int) -> int:
+    """The longest side a strip keeps so that its padded canvas holds at most ``canvas`` pixels."""
     length = math.isqrt(canvas * MAX_ASPECT_RATIO)
-    while length * math.ceil(length / MAX_ASPECT_RATIO) > canvas:
-        length -= 1
-    return max(length, MAX_ASPECT_RATIO)
+    while length > MAX_ASPECT_RATIO and length * _padded_short_side(length, 1) > canvas:
+        length = length * 199 // 200
+    return length
 
 
 def _strip_sizes(width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(size after shrinking, size after padding) for an image of this size. Only strips with an
-    aspect ratio above MAX_ASPECT_RATIO change: shrunk when too long, then padded on the short side."""
+    """(size after shrinking, size after padding) for an image of this size. A strip (aspect ratio
+    above MAX_ASPECT_RATIO) too long for the canvas limit is shrunk first; then the short side of
+    any image the model card's path would refuse is padded."""
     long, short = max(width, height), min(width, height)
-    if long <= MAX_ASPECT_RATIO * short:
-        return (width, height), (width, height)
-    limit = _strip_length_limit()
-    if long > limit:
-        short, long = max(1, round(short * limit / long)), limit
-    padded = max(short, math.ceil(long / MAX_ASPECT_RATIO))
-    if width > height:
+    if long > MAX_ASPECT_RATIO * short:
+        limit = _strip_length_limit(min(MAX_STRIP_CANVAS_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_STRIP_CANVAS_PIXELS))
+        if long > limit:
+            short, long = max(1, round(short * limit / long)), limit
+    padded = _padded_short_side(long, short)
+    if width >= height:
         return (long, short), (long, padded)
     return (short, long), (padded, long)
 
@@ -295,7 +317,7 @@ def probe_image(source: ImageSource) -> ImageSize:
         width, height = image.size
         if _orientation(image) in _TRANSPOSED_ORIENTATIONS:
             width, height = height, width
-    return ImageSize(*padded_size(width, height), file_width=width, file_height=height)
+    return ImageSize(*padded_size(width, height), file_width=width, file_height=height, format=image.format)
 
 
 # -- decoding -----------------------------------------------------------------------------------

@@ -255,3 +255,15 @@ def test_reduce_to_is_upright_for_a_jpeg_rotated_by_exif():
 def test_reduce_to_leaves_other_formats_at_full_size():
     data = encode(photo(800, 600))
     assert load_image(data, reduce_to=(100, 75)).size == (800, 600)
+
+
+def test_an_image_that_rounding_to_28_pixels_would_push_past_200_to_1_is_padded_for_the_model_card():
+    from qwen_vl_utils import fetch_image
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    data = encode(Image.new("RGB", (5620, 29), "green"))  # 193.8:1, but 5628 x 28 after rounding
+    probed = probe_image(data)
+    image = load_image(data)
+    assert image.size == (probed.width, probed.height) and probed.height > 29
+    resized = fetch_image({"image": image})  # the model card's resize, then the processor's:
+    smart_resize(resized.height, resized.width)  # raises beyond 200:1
