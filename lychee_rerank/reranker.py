@@ -17,7 +17,8 @@ from .execution import (
     run_batched,
     run_sequential,
 )
-from .images import ImageError, ImageSource, load_image, probe_image, source_name
+from .checks import InputError, check_pixels, check_query, load_query_image
+from .images import ImageError, ImageSource, probe_image, source_name
 from .loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelInfo, load_model
 from .pipeline import RowFeeder, available_cpus
 from .preprocess import PREPROCESS_MODES
@@ -28,10 +29,6 @@ from .scoring import PairScorer, PlannedImage, QueryTooLongError
 ProgressCallback = Callable[[Progress], None]
 StopFlag = Callable[[], bool] | threading.Event
 log = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """A bad argument to rank(); the message is one sentence meant for the user."""
 
 
 class Reranker:
@@ -143,7 +140,7 @@ class Reranker:
                 cancelled = run_batched(planned, scorer, emit, stop, token_budget, workers=workers)
         except Exception as exc:  # the finished scores survive; the rest stay pending
             log.exception("ranking stopped by an unexpected error")
-            error = f"the run stopped on an unexpected error: {describe_error(exc)}"
+            error = describe_error(exc)
         finally:
             self._release()
         return self._ranking(scorer, results, used_mode, time.perf_counter() - start, cancelled, error)
@@ -181,21 +178,13 @@ class Reranker:
     # -- internals ------------------------------------------------------------------------------
     def _scorer(self, query, query_image, instruction, min_pixels, max_pixels, preprocess) -> PairScorer:
         """Validate a run's settings (InputError, one sentence) and build its scorer."""
-        query = (query or "").strip()
+        query = check_query(query, query_image is not None)
         min_pixels = min_pixels or self.min_pixels
         max_pixels = max_pixels or self.max_pixels
-        if not query and query_image is None:
-            raise InputError("type a query (or give a query image) to rank the images against")
-        if not 0 < min_pixels <= max_pixels:
-            raise InputError(f"max pixels ({max_pixels}) must be at least min pixels ({min_pixels})")
+        check_pixels(min_pixels, max_pixels)
         if preprocess not in PREPROCESS_MODES:
             raise InputError(f"unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_MODES)}")
-        query_picture = None
-        if query_image is not None:
-            try:
-                query_picture = load_image(query_image)
-            except ImageError as exc:
-                raise InputError(f"the query image cannot be used: {exc}") from exc
+        query_picture = None if query_image is None else load_query_image(query_image)
         instruction = (instruction or "").strip() or DEFAULT_INSTRUCTION
         try:
             return PairScorer(

@@ -52,7 +52,8 @@ class Ranking:
     cancelled: bool = False
     model: str = ""
     is_demo: bool = False
-    # Set when an unexpected error stopped the run: what finished is kept, the rest stays pending.
+    # Set when an unexpected error stopped the run ("RuntimeError: ..."): what finished is kept, the
+    # rest stays pending.
     error: str | None = None
 
     def ranked(self) -> list[ImageResult]:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from file_access import NO_ENFORCEMENT, permission_enforcing_prefix
 from imagegen import encode, photo
-from lychee_rerank.images import ImageError, load_image, probe_image
+from lychee_rerank.images import MAX_STRIP_CANVAS_PIXELS, ImageError, load_image, probe_image
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rgba_half_transparent() -> bytes:
@@ -153,3 +161,109 @@ def test_missing_files_get_an_error_not_a_crash(reranker, tmp_path):
     ranking = reranker.rank("a cat", [str(tmp_path / "nowhere.jpg"), photo(20, 20)])
     assert ranking.results[0].error.startswith("file not found")
     assert ranking.results[1].status == "scored"
+
+
+# -- thin strips, corrupt headers, files that are not files (issue 9) --------------------------------
+
+
+@pytest.mark.parametrize("width,height", [(1_000_000, 1), (300_000, 1), (20_000_000, 1), (1, 1_000_000)])
+def test_thin_strips_are_shrunk_before_padding_so_the_canvas_stays_small(width, height):
+    data = encode(Image.new("RGB", (width, height), "blue"))  # a few KB
+    probed = probe_image(data)  # checked first: it allocates nothing, whatever the code does
+    assert (probed.file_width, probed.file_height) == (width, height)
+    assert probed.width * probed.height <= MAX_STRIP_CANVAS_PIXELS
+    assert max(probed.width, probed.height) <= 200 * min(probed.width, probed.height)
+    image = load_image(data)
+    assert image.size == (probed.width, probed.height)
+
+
+def test_a_strip_keeps_its_pixels_centred_on_the_padding():
+    image = load_image(encode(Image.new("RGB", (1_000_000, 1), (0, 0, 255))))
+    middle = image.height // 2
+    assert image.getpixel((image.width // 2, middle))[2] > 200  # the strip
+    assert image.getpixel((image.width // 2, 0)) == (255, 255, 255)  # the padding
+
+
+def test_a_ppm_with_a_corrupt_header_is_an_error_for_that_file():
+    data = b"P6\n5r 40\n255\n" + bytes(600)
+    with pytest.raises(ImageError, match="corrupt"):
+        probe_image(data)
+    with pytest.raises(ImageError, match="corrupt"):
+        load_image(data)
+
+
+def test_a_named_pipe_is_an_error_not_a_hang(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    for read in (probe_image, load_image):
+        with pytest.raises(ImageError, match="not a regular file \\(a named pipe\\)"):
+            read(str(fifo))
+
+
+def test_a_folder_or_a_device_is_an_error_that_says_what_it_is(tmp_path):
+    with pytest.raises(ImageError, match="a folder"):
+        load_image(str(tmp_path))
+    with pytest.raises(ImageError, match="a device"):
+        load_image("/dev/null")
+
+
+def test_a_broken_link_says_it_points_to_nothing(tmp_path):
+    link = tmp_path / "gone.jpg"
+    link.symlink_to(tmp_path / "deleted.jpg")
+    with pytest.raises(ImageError, match="broken link"):
+        probe_image(str(link))
+
+
+def test_a_file_without_read_permission_says_permission_denied(tmp_path):
+    prefix = permission_enforcing_prefix()
+    if prefix is None:
+        pytest.skip(NO_ENFORCEMENT)
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(encode(photo(20, 20)))
+    locked.chmod(0)
+    code = (
+        "import sys\nfrom lychee_rerank.images import ImageError, load_image, probe_image\n"
+        "for read in (probe_image, load_image):\n"
+        "    try:\n        read(sys.argv[1])\n    except ImageError as exc:\n        print(exc)\n"
+    )
+    result = subprocess.run([*prefix, sys.executable, "-c", code, str(locked)], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert result.stdout.splitlines() == ["permission denied: the file cannot be read"] * 2, result.stderr
+
+
+# -- decoding a JPEG at a reduced DCT scale (reduce_to) ---------------------------------------------
+
+
+def test_a_large_jpeg_decodes_at_the_smallest_scale_still_covering_the_target():
+    data = encode(photo(4032, 3024), "JPEG")
+    assert load_image(data, reduce_to=(1008, 756)).size == (1008, 756)  # 1/4
+    assert load_image(data, reduce_to=(1009, 756)).size == (2016, 1512)  # 1/4 would be too small
+    assert load_image(data, reduce_to=(400, 300)).size == (504, 378)  # 1/8 is the smallest scale
+    assert load_image(data, reduce_to=(5000, 5000)).size == (4032, 3024)
+    assert load_image(data).size == (4032, 3024)
+
+
+def test_reduce_to_is_upright_for_a_jpeg_rotated_by_exif():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 4032 x 3024 (landscape), shown 3024 x 4032 (portrait)
+    data = encode(photo(4032, 3024), "JPEG", exif=exif)
+    assert probe_image(data).width == 3024
+    assert load_image(data, reduce_to=(756, 1008)).size == (756, 1008)
+    assert load_image(data, reduce_to=(757, 1008)).size == (1512, 2016)
+
+
+def test_reduce_to_leaves_other_formats_at_full_size():
+    data = encode(photo(800, 600))
+    assert load_image(data, reduce_to=(100, 75)).size == (800, 600)
+
+
+def test_an_image_that_rounding_to_28_pixels_would_push_past_200_to_1_is_padded_for_the_model_card():
+    from qwen_vl_utils import fetch_image
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    data = encode(Image.new("RGB", (5620, 29), "green"))  # 193.8:1, but 5628 x 28 after rounding
+    probed = probe_image(data)
+    image = load_image(data)
+    assert image.size == (probed.width, probed.height) and probed.height > 29
+    resized = fetch_image({"image": image})  # the model card's resize, then the processor's:
+    smart_resize(resized.height, resized.width)  # raises beyond 200:1
