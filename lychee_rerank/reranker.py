@@ -139,7 +139,7 @@ class Reranker:
                     token_budget = initial_token_budget(scorer.device, self.model.config, dtype_bytes)
                 cancelled = run_batched(planned, scorer, emit, stop, token_budget, workers=workers)
         except Exception as exc:  # the finished scores survive; the rest stay pending
-            log.exception("ranking stopped by an unexpected error")
+            log.debug("ranking stopped by an unexpected error", exc_info=True)  # for whoever enables logging
             error = describe_error(exc)
         finally:
             self._release()
