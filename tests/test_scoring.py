@@ -128,12 +128,25 @@ def test_only_the_answer_positions_logits_are_computed(reranker, some_photos):
     assert shapes and all(shape[1] == 1 for shape in shapes)
 
 
-class OutOfMemoryAbove:
-    """Wraps a forward so it raises CUDA's out-of-memory error for batches above ``max_rows``."""
+class WrappedForward:
+    """Inside a with-block, the model's forward is this object's ``__call__``."""
+
+    def __init__(self, model):
+        self.model, self.original = model, model.forward
+
+    def __enter__(self):
+        self.model.forward = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+
+
+class OutOfMemoryAbove(WrappedForward):
+    """Raises CUDA's out-of-memory error for batches above ``max_rows``."""
 
     def __init__(self, model, max_rows: int, always_fail_width: int | None = None):
-        self.model = model
-        self.original = model.forward
+        super().__init__(model)
         self.max_rows = max_rows
         self.always_fail_width = always_fail_width
         self.scored_rows: list[int] = []  # image_grid_thw row count of each successful forward
@@ -147,13 +160,6 @@ class OutOfMemoryAbove:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         self.scored_rows.append(rows)
         return self.original(*args, **kwargs)
-
-    def __enter__(self):
-        self.model.forward = self
-        return self
-
-    def __exit__(self, *exc):
-        del self.model.forward
 
 
 def test_out_of_memory_halves_the_batch_and_scores_every_image_exactly_once(reranker, card, some_photos):
@@ -215,39 +221,6 @@ def test_progress_reports_counts_rate_and_eta(reranker, some_photos):
     assert all(e.images_per_s > 0 for e in events)
     assert events[0].eta_s is not None and events[-1].done == events[-1].total
     assert "/8 · " in events[0].describe() and "img/s" in events[0].describe()
-
-
-def test_a_second_run_waits_for_the_first_and_says_so(reranker, some_photos):
-    first_started = threading.Event()
-    release_first = threading.Event()
-    second_events = []
-
-    def hold(event):
-        first_started.set()
-        release_first.wait(timeout=30)
-
-    first = threading.Thread(target=lambda: reranker.rank(QUERY, some_photos[:2], mode="sequential", progress=hold))
-    first.start()
-    assert first_started.wait(timeout=30)
-    results = {}
-
-    def second():
-        results["ranking"] = reranker.rank(QUERY, some_photos[:2], progress=second_events.append)
-
-    runner = threading.Thread(target=second)
-    runner.start()
-    try:
-        for _ in range(100):
-            if second_events:
-                break
-            threading.Event().wait(0.05)
-        assert second_events and second_events[0].waiting
-        assert "waiting" in second_events[0].describe()
-    finally:
-        release_first.set()
-        first.join(timeout=60)
-        runner.join(timeout=60)
-    assert len(results["ranking"].scored) == 2
 
 
 def test_empty_query_without_query_image_is_refused_with_a_sentence(reranker, some_photos):
@@ -316,25 +289,18 @@ def test_an_image_the_processor_rejects_fails_alone_and_its_batch_is_still_score
     assert statuses.count("scored") == len(some_photos) - 1
 
 
-class FailingForward:
-    """Wraps the model's forward: the forward numbered ``failing`` (1-based) raises ``error``."""
+class FailingForward(WrappedForward):
+    """The forwards numbered in ``failing`` (1-based) raise ``error``."""
 
     def __init__(self, model, error: BaseException, failing: set[int]):
-        self.model, self.original, self.error, self.failing = model, model.forward, error, failing
-        self.calls = 0
+        super().__init__(model)
+        self.error, self.failing, self.calls = error, failing, 0
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
         if self.calls in self.failing:
             raise self.error
         return self.original(*args, **kwargs)
-
-    def __enter__(self):
-        self.model.forward = self
-        return self
-
-    def __exit__(self, *exc):
-        del self.model.forward
 
 
 def ten_photos():
