@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{rank,bench}")
 
     rank = commands.add_parser("rank", help="rank image files and folders against a query")
-    rank.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    rank.add_argument("paths", nargs="*", metavar="PATH", help="image files, or folders searched recursively")
     rank.add_argument("--query", "-q", required=True, help="the query: Chinese, English or both")
     rank.add_argument("--query-image", metavar="PATH", help="an image that is part of the query")
     rank.add_argument("--instruction", help="the task instruction (the model is instruction-aware)")
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--csv", metavar="PATH", help="write the ranking as CSV")
     rank.add_argument("--json", metavar="PATH", help="write the ranking as JSON")
     rank.add_argument("--top", type=_positive_int, metavar="K", help="print only the best K rows")
+    from .scale_out import add_ray_arguments  # scale-out on Ray: lychee_rerank/scale_out/
+
+    add_ray_arguments(rank)
 
     bench = commands.add_parser("bench", help="measure sequential vs batched speed and memory")
     from .bench import add_bench_arguments
@@ -98,7 +101,12 @@ def run_rank(args: argparse.Namespace) -> int:
     from .export import to_csv, to_json
 
     from .inputs import InputPathError, find_images
+    from .scale_out import asked_for, run_rank_command  # scale-out on Ray: lychee_rerank/scale_out/
 
+    if asked_for(args):
+        return run_rank_command(args)
+    if not args.paths:
+        raise UsageError("give image files or folders to rank (or --manifest FILE with --ray)")
     try:
         found = find_images(args.paths)
     except InputPathError as exc:
