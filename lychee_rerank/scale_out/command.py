@@ -91,31 +91,35 @@ def run_rank_command(args: argparse.Namespace) -> int:
         bar.update(event.done - bar.n)
 
     try:
-        run = rank_on_ray(
-            args.query, images, manifest=args.manifest, model=args.model, dtype=args.dtype,
-            query_image=query_image, instruction=args.instruction, mode=args.mode, max_pixels=args.max_pixels,
-            address=args.ray, workers=args.workers, chunk_size=args.chunk_size, out_dir=args.out,
-            resume=args.resume, progress=on_progress,
-        )
+        try:
+            run = rank_on_ray(
+                args.query, images, manifest=args.manifest, model=args.model, dtype=args.dtype,
+                query_image=query_image, instruction=args.instruction, mode=args.mode, max_pixels=args.max_pixels,
+                address=args.ray, workers=args.workers, chunk_size=args.chunk_size, out_dir=args.out,
+                resume=args.resume, progress=on_progress,
+            )
+        finally:
+            bar.close()
     except KeyboardInterrupt:  # while Ray starts or stops; in the scoring loop it only stops the run
         print(f"{PROG}: interrupted" + (f"; finished results are in {args.out}: run again with --resume" if args.out else ""),
               file=sys.stderr)
         return 130
     except (InputError, OutDirError) as exc:
         raise UsageError(str(exc)) from None
-    except (RayUnavailable, ModelLoadError, ScaleOutError) as exc:
+    except ModelLoadError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except ScaleOutError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         if args.out:
             print(f"{PROG}: finished results are in {args.out}: run again with --resume", file=sys.stderr)
         return 1
-    finally:
-        bar.close()
 
     ranking = run.ranking
     if ranking.is_demo:
         print(f"{PROG}: demo model (random weights): the scores are meaningless", file=sys.stderr)
     print(format_table(ranking.ranked(), args.top))
-    where = f"{run.workers} Ray workers" + (" on GPUs" if run.gpus_per_worker else " on CPU")
+    where = f"{run.workers} Ray worker{'s' if run.workers > 1 else ''} on {'GPUs' if run.gpus_per_worker else 'CPU'}"
     summary = f"{len(ranking.scored)} scored, {len(ranking.errors)} failed in {ranking.elapsed_s:.1f} s ({ranking.mode}, {where})"
     if run.already_done:
         summary += f"; {run.already_done} were already in {args.out}"

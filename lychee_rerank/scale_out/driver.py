@@ -59,16 +59,21 @@ def require_ray():
 
 
 def connect(ray, address: str) -> bool:
-    """Join the cluster at ``address`` or, for ``local``, start Ray in this process with every CPU.
-    Reuses a connection that is already open. Returns whether this call started it."""
+    """Join the cluster at ``address`` or, for ``local``, start a new Ray in this process with every
+    CPU. Reuses a connection that is already open. Returns whether this call connected."""
     if ray.is_initialized():
         return False
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    if address == "local":
-        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        ray.init(num_cpus=os.cpu_count(), runtime_env={"env_vars": env}, **options)
-    else:
-        ray.init(address=address, **options)
+    try:
+        if address == "local":
+            env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+            ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env}, **options)
+        else:
+            # The cluster brings the dependencies; this package goes along, so every node runs this code.
+            package = Path(__file__).resolve().parent.parent
+            ray.init(address=address, runtime_env={"py_modules": [str(package)]}, **options)
+    except Exception as exc:  # unreachable address, no cluster running, version mismatch...
+        raise ScaleOutError(f"cannot start or reach Ray at {address!r}: {_first_line(exc)}") from exc
     return True
 
 
