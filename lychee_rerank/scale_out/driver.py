@@ -4,11 +4,13 @@ from the shards."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -64,17 +66,33 @@ def connect(ray, address: str) -> bool:
     if ray.is_initialized():
         return False
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    if address == "local":
+        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        options.update(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env})
+    else:
+        # The cluster brings the dependencies; this package goes along, so every node runs this code.
+        options.update(address=address, runtime_env={"py_modules": [str(Path(__file__).resolve().parent.parent)]})
     try:
-        if address == "local":
-            env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-            ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env}, **options)
-        else:
-            # The cluster brings the dependencies; this package goes along, so every node runs this code.
-            package = Path(__file__).resolve().parent.parent
-            ray.init(address=address, runtime_env={"py_modules": [str(package)]}, **options)
+        with _native_stderr_silenced():
+            ray.init(**options)
     except Exception as exc:  # unreachable address, no cluster running, version mismatch...
         raise ScaleOutError(f"cannot start or reach Ray at {address!r}: {_first_line(exc)}") from exc
     return True
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Ray's C++ core writes a start-up line straight to file descriptor 2 (e.g. when
+    RAY_BACKEND_LOG_LEVEL is set); failures still come back as Python exceptions."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def configure_ray_data(ray) -> None:
@@ -100,7 +118,9 @@ def read_manifest(ray, manifest: str):
         dataset = ray.data.read_parquet(source)
     else:
         return ray.data.read_text(source).rename_columns({"text": "name"})
-    columns = dataset.columns()
+    columns = dataset.columns() or []
+    if not columns:
+        raise InputError(f"the manifest {manifest} lists nothing (a CSV manifest needs a header row, e.g. 'path')")
     column = "path" if "path" in columns else columns[0]
     return dataset.select_columns([column]).rename_columns({column: "name"})
 
@@ -156,9 +176,14 @@ def rank_on_ray(
         raise InputError("give either images or a manifest")
     if resume and out_dir is None:
         raise InputError("resuming needs the folder of the earlier run's results (--out)")
+    if manifest and not is_uri(manifest) and not os.path.isfile(manifest):
+        raise InputError(f"no such manifest: {manifest}")
     ray = require_ray()
     if isinstance(query_image, (str, os.PathLike)):
-        query_image = Path(query_image).read_bytes()  # replicas may run where the file is not
+        try:
+            query_image = Path(query_image).read_bytes()  # replicas may run where the file is not
+        except OSError:
+            raise InputError(f"no such query image: {query_image}") from None
     model = model or default_model()
     settings = {  # what decides the scores: a resumed run must not mix in others
         "query": query,
@@ -179,7 +204,7 @@ def rank_on_ray(
         try:
             configure_ray_data(ray)
             run = _Run(ray, store, progress, should_stop)
-            run.execute(_inputs(ray, images, manifest, done), workers, chunk_size, replica_options)
+            run.execute(*_inputs(ray, images, manifest, done), workers, chunk_size, replica_options)
         finally:
             if started:
                 ray.shutdown()
@@ -195,13 +220,18 @@ def _inputs(ray, images, manifest, done):
     if not manifest:
         todo = [name for name in dict.fromkeys(images) if name not in done]
         return ray.data.from_items([{"name": name} for name in todo]), len(todo)
-    inputs = read_manifest(ray, manifest)
-    if done:
-        from ray.data.expressions import col
+    try:
+        inputs = read_manifest(ray, manifest)
+        if done:
+            from ray.data.expressions import col
 
-        inputs = inputs.filter(expr=col("name").not_in(sorted(done)))
-    # Read (and filter) before the replicas take the CPUs; the names stay in Ray's object store.
-    inputs = inputs.materialize()
+            inputs = inputs.filter(expr=col("name").not_in(sorted(done)))
+        # Read (and filter) before the replicas take the CPUs; the names stay in Ray's object store.
+        inputs = inputs.materialize()
+    except InputError:
+        raise
+    except Exception as exc:  # unreadable file or format
+        raise InputError(f"cannot read the manifest {manifest}: {_first_line(_root_cause(exc))}") from None
     return inputs, inputs.count()
 
 
@@ -218,9 +248,8 @@ class _Run:
         self.stopped: dict[str, int] = {}  # why a replica's run stopped early -> images it left
         self.workers = self.gpus_per_worker = 0
 
-    def execute(self, inputs_and_total, workers, chunk_size, replica_options) -> None:
+    def execute(self, inputs, total: int, workers, chunk_size, replica_options) -> None:
         start = time.perf_counter()
-        inputs, total = inputs_and_total
         gpus = int(self.ray.cluster_resources().get("GPU", 0))
         self.workers = workers or max(1, gpus)
         self.gpus_per_worker = 1 if gpus else 0
@@ -275,15 +304,14 @@ def _ranking(table, images, query, instruction, mode, model, run: _Run) -> Ranki
     """Every row in the shards, as results in input order: the given images first (those without a
     row are pending), then rows of other inputs (an earlier run's, or a manifest's) by name."""
     rows = table.to_pylist()
-    position = {name: i for i, name in enumerate(dict.fromkeys(images))}
-    others = sorted({row["name"] for row in rows} - position.keys())
-    position.update({name: len(position) + i for i, name in enumerate(others)})
+    given = list(dict.fromkeys(images))
+    have = {row["name"] for row in rows}
+    position = {name: i for i, name in enumerate(given + sorted(have.difference(given)))}
     results = [
         ImageResult(position[row["name"]], row["name"], **{column: row[column] for column in RESULT_COLUMNS})
         for row in rows
     ]
-    have = {row["name"] for row in rows}
-    results += [ImageResult(position[name], name) for name in images if name not in have]
+    results += [ImageResult(position[name], name) for name in given if name not in have]
     results.sort(key=lambda r: r.index)
     modes = sorted({row["mode"] for row in rows if row["mode"]})
     error = None
