@@ -119,7 +119,7 @@ def ray_session(demo_cache):
     from lychee_rerank import Reranker
 
     Reranker.load("demo", dtype="float32")  # built once here, not by each replica
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"LYCHEE_CACHE": str(demo_cache), "HF_HUB_OFFLINE": "1"}})
     yield ray
     ray.shutdown()

@@ -81,7 +81,7 @@ def run_rank_command(args: argparse.Namespace) -> int:
     except RayUnavailable as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    # Ray's C++ log lines (a warning per actor start) would break into the progress bar; still settable.
+    # Ray's C++ core logs a line when replicas start, into the progress bar; a user's setting wins.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     bar = tqdm(total=len(images) or None, unit="img", file=sys.stderr, dynamic_ncols=True, desc="starting Ray")
 
