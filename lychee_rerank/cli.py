@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{rank,bench}")
 
     rank = commands.add_parser("rank", help="rank image files and folders against a query")
-    rank.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    rank.add_argument("paths", nargs="*", metavar="PATH", help="image files, or folders searched recursively")
     rank.add_argument("--query", "-q", required=True, help="the query: Chinese, English or both (may be blank with --query-image)")
     rank.add_argument("--query-image", metavar="PATH", help="an image that is part of the query")
     rank.add_argument("--instruction", help="the task instruction (the model is instruction-aware)")
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--csv", metavar="PATH", help="write the ranking as CSV")
     rank.add_argument("--json", metavar="PATH", help="write the ranking as JSON")
     rank.add_argument("--top", type=_positive_int, metavar="K", help="print only the best K rows")
+    from .scale_out import add_ray_arguments  # scale-out on Ray: lychee_rerank/scale_out/
+
+    add_ray_arguments(rank)
 
     bench = commands.add_parser("bench", help="measure sequential vs batched speed and memory")
     from .bench import add_bench_arguments
@@ -176,7 +179,29 @@ def _report_skipped(skipped: list[tuple[str, str]]) -> None:
         print(f"{PROG}: skipped {len(paths)} {entries}, {reason}: {names}", file=sys.stderr)
 
 
-def _write_outputs(args: argparse.Namespace, ranking) -> bool:
+def checked_inputs(args: argparse.Namespace):
+    """(images, query, query image) after every check that needs no model; UsageError otherwise.
+    The one set of checks for the single-process and the Ray command."""
+    from . import DEFAULT_MIN_PIXELS, InputError
+    from .checks import check_pixels, check_query, load_query_image
+    from .inputs import FoundImages, InputPathError, find_images
+
+    check_outputs(args)
+    try:
+        found = find_images(args.paths) if args.paths else FoundImages()
+        query = check_query(args.query, args.query_image is not None)
+        if args.max_pixels is not None:
+            check_pixels(DEFAULT_MIN_PIXELS, args.max_pixels)
+        query_picture = load_query_image(args.query_image) if args.query_image else None
+    except (InputPathError, InputError) as exc:
+        raise UsageError(str(exc)) from None
+    _report_skipped(found.skipped)
+    if args.paths and not found.images:
+        raise UsageError("no images found in " + ", ".join(args.paths))
+    return found.images, query, query_picture
+
+
+def write_outputs(args: argparse.Namespace, ranking) -> bool:
     """Each requested output written on its own: one that fails does not cost the other."""
     from .export import to_csv, to_json
 
@@ -201,6 +226,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_rank(args: argparse.Namespace) -> int:
+    from .scale_out import asked_for, run_rank_command  # scale-out on Ray: lychee_rerank/scale_out/
+
+    if asked_for(args):  # before StopSignals: the Ray path stops on KeyboardInterrupt
+        return run_rank_command(args)
     with StopSignals() as signals:
         try:
             return _rank(args, signals)
@@ -212,23 +241,11 @@ def run_rank(args: argparse.Namespace) -> int:
 def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     from tqdm import tqdm
 
-    from . import DEFAULT_INSTRUCTION, DEFAULT_MIN_PIXELS, ImageResult, InputError, ModelLoadError, Ranking, Reranker
-    from .checks import check_pixels, check_query, load_query_image
-    from .inputs import InputPathError, find_images
+    from . import DEFAULT_INSTRUCTION, ImageResult, InputError, ModelLoadError, Ranking, Reranker
 
-    check_outputs(args)
-    try:
-        found = find_images(args.paths)
-        query = check_query(args.query, args.query_image is not None)
-        if args.max_pixels is not None:
-            check_pixels(DEFAULT_MIN_PIXELS, args.max_pixels)
-        query_picture = load_query_image(args.query_image) if args.query_image else None
-    except (InputPathError, InputError) as exc:
-        raise UsageError(str(exc)) from None
-    images = found.images
-    _report_skipped(found.skipped)
-    if not images:
-        raise UsageError("no images found in " + ", ".join(args.paths))
+    if not args.paths:
+        raise UsageError("give image files or folders to rank (or --manifest FILE with --ray)")
+    images, query, query_picture = checked_inputs(args)
 
     signals.phase = "loading the model"
     _quiet_libraries()
@@ -290,7 +307,7 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     if ranking.pending:
         summary += f"; stopped with {len(ranking.pending)} not scored"
     print(f"{PROG}: {summary}", file=sys.stderr)
-    written = _write_outputs(args, ranking)
+    written = write_outputs(args, ranking)
     if ranking.error:
         print(f"{PROG}: the run stopped on an unexpected error: {ranking.error}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+.venv/bin/python -m pip install --quiet -r requirements-ray.txt
 
 # The end-to-end test drives Debian's Chromium (test tools cannot download their own browser here).
 if [ ! -x /usr/bin/chromium ]; then

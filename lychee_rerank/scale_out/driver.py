@@ -1,0 +1,330 @@
+"""The driver of a Ray run: connects to Ray, builds the input dataset, runs one ``Replica`` per
+worker (Ray Data actor pool), writes each chunk that comes back as a shard, and builds the ranking
+from the shards."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..execution import MODES, ProgressClock
+from ..images import ImageSource
+from ..loading import ModelLoadError, default_model
+from ..prompt import DEFAULT_INSTRUCTION
+from ..reranker import InputError
+from ..results import ImageResult, Progress, Ranking
+from .replica import Replica, is_uri
+from .shards import RESULT_COLUMNS, ShardStore
+
+INSTALL_HINT = "pip install -r requirements-ray.txt"
+# Images per replica call: the unit of progress, of shards, and of work lost when a replica dies.
+MAX_CHUNK = 256
+CHUNKS_PER_WORKER = 4  # small runs still spread over every worker
+# Environment a local Ray's workers need to build and find the same model as this process.
+FORWARDED_ENV = ("LYCHEE_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed; the message says how to install it."""
+
+
+class ScaleOutError(RuntimeError):
+    """The Ray run failed; the message is one sentence (finished chunks stay in --out for --resume)."""
+
+
+@dataclass(frozen=True)
+class ScaleOutRun:
+    ranking: Ranking  # every result in the shards (plus, for a list of images, those not reached)
+    workers: int
+    gpus_per_worker: int
+    already_done: int  # inputs that had a row in --out before this run (--resume)
+    finished_now: int  # images scored or failed by this run
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RayUnavailable(f"Ray is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def connect(ray, address: str) -> bool:
+    """Join the cluster at ``address`` or, for ``local``, start a new Ray in this process with every
+    CPU. Reuses a connection that is already open. Returns whether this call connected."""
+    if ray.is_initialized():
+        return False
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    if address == "local":
+        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        options.update(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env})
+    else:
+        # The cluster brings the dependencies; this package goes along, so every node runs this code.
+        options.update(address=address, runtime_env={"py_modules": [str(Path(__file__).resolve().parent.parent)]})
+    try:
+        with _native_stderr_silenced():
+            ray.init(**options)
+    except Exception as exc:  # unreachable address, no cluster running, version mismatch...
+        raise ScaleOutError(f"cannot start or reach Ray at {address!r}: {_first_line(exc)}") from exc
+    return True
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Ray's C++ core writes a start-up line straight to file descriptor 2 (e.g. when
+    RAY_BACKEND_LOG_LEVEL is set); failures still come back as Python exceptions."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def configure_ray_data(ray) -> None:
+    """Replica errors come back as themselves (the driver reports their one sentence); Ray Data's
+    console messages and progress bars would interleave with ours (its logs stay in its log files)."""
+    context = ray.data.DataContext.get_current()
+    context.raise_original_map_exception = True
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console":
+            handler.setLevel(logging.CRITICAL)
+
+
+def read_manifest(ray, manifest: str):
+    """A dataset with one column, ``name``: the lines of a text file, or the ``path`` column (else the
+    first column) of a CSV or Parquet file. Read by Ray Data's workers, never by this process."""
+    source = manifest if is_uri(manifest) else os.path.abspath(manifest)
+    suffix = Path(manifest).suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        dataset = ray.data.read_csv(source)
+    elif suffix in (".parquet", ".pq"):
+        dataset = ray.data.read_parquet(source)
+    else:
+        return ray.data.read_text(source).rename_columns({"text": "name"})
+    columns = dataset.columns() or []
+    if not columns:
+        raise InputError(f"the manifest {manifest} lists nothing (a CSV manifest needs a header row, e.g. 'path')")
+    column = "path" if "path" in columns else columns[0]
+    return dataset.select_columns([column]).rename_columns({column: "name"})
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The replica's own exception inside Ray's wrappers (a task error keeps it as ``cause``)."""
+    for _ in range(10):
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def rank_on_ray(
+    query: str,
+    images: Sequence[str] = (),
+    *,
+    manifest: str | None = None,
+    model: str | None = None,
+    dtype: str = "auto",
+    query_image: ImageSource | None = None,
+    instruction: str | None = None,
+    mode: str = "auto",
+    max_pixels: int | None = None,
+    address: str = "local",
+    workers: int | None = None,
+    chunk_size: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ScaleOutRun:
+    """Score ``images`` (paths or URIs) or the entries of ``manifest`` on Ray: one ``Reranker``
+    replica per GPU (or ``workers`` replicas; on CPU where the cluster has no GPU).
+
+    Results go to Parquet shards under ``out_dir`` as chunks finish (a temporary folder if none);
+    ``resume`` skips the inputs that already have a row there. ``should_stop`` is polled between
+    chunks; Ctrl-C (KeyboardInterrupt) stops the same way. A stopped run keeps every finished chunk.
+    Raises RayUnavailable, InputError or OutDirError (bad arguments), ModelLoadError, ScaleOutError.
+    """
+    query = (query or "").strip()
+    if not query and query_image is None:
+        raise InputError("type a query (or give a query image) to rank the images against")
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if bool(manifest) == bool(images):
+        raise InputError("give either images or a manifest")
+    if resume and out_dir is None:
+        raise InputError("resuming needs the folder of the earlier run's results (--out)")
+    if manifest and not is_uri(manifest) and not os.path.isfile(manifest):
+        raise InputError(f"no such manifest: {manifest}")
+    ray = require_ray()
+    if isinstance(query_image, (str, os.PathLike)):
+        try:
+            query_image = Path(query_image).read_bytes()  # replicas may run where the file is not
+        except OSError:
+            raise InputError(f"no such query image: {query_image}") from None
+    model = model or default_model()
+    settings = {  # what decides the scores: a resumed run must not mix in others
+        "query": query,
+        "instruction": (instruction or "").strip(),
+        "query_image_sha256": hashlib.sha256(query_image).hexdigest() if query_image is not None else None,
+        "model": model,
+        "dtype": dtype,
+        "max_pixels": max_pixels,
+    }
+    temporary = out_dir is None
+    store = ShardStore(tempfile.mkdtemp(prefix="lychee-ray-") if temporary else out_dir)
+    try:
+        store.open(settings, resume)
+        done = store.done_names() if resume else set()
+        replica_options = dict(model=model, dtype=dtype, query=query, query_image=query_image,
+                               instruction=instruction, mode=mode, max_pixels=max_pixels, base_dir=os.getcwd())
+        started = connect(ray, address)
+        try:
+            configure_ray_data(ray)
+            run = _Run(ray, store, progress, should_stop)
+            run.execute(*_inputs(ray, images, manifest, done), workers, chunk_size, replica_options)
+        finally:
+            if started:
+                ray.shutdown()
+        ranking = _ranking(store.read(), images, query, instruction, mode, model, run)
+        return ScaleOutRun(ranking, run.workers, run.gpus_per_worker, already_done=len(done), finished_now=run.finished)
+    finally:
+        if temporary:
+            shutil.rmtree(store.root, ignore_errors=True)
+
+
+def _inputs(ray, images, manifest, done):
+    """The inputs without a row yet, as a dataset with a ``name`` column, and how many there are."""
+    if not manifest:
+        todo = [name for name in dict.fromkeys(images) if name not in done]
+        return ray.data.from_items([{"name": name} for name in todo]), len(todo)
+    try:
+        inputs = read_manifest(ray, manifest)
+        if done:
+            from ray.data.expressions import col
+
+            inputs = inputs.filter(expr=col("name").not_in(sorted(done)))
+        # Read (and filter) before the replicas take the CPUs; the names stay in Ray's object store.
+        inputs = inputs.materialize()
+    except InputError:
+        raise
+    except Exception as exc:  # unreadable file or format
+        raise InputError(f"cannot read the manifest {manifest}: {_first_line(_root_cause(exc))}") from None
+    return inputs, inputs.count()
+
+
+class _Run:
+    """One pass over the inputs: replicas score chunks, each chunk that comes back becomes a shard."""
+
+    def __init__(self, ray, store: ShardStore, progress, should_stop):
+        self.ray, self.store = ray, store
+        self.notify = progress or (lambda _event: None)
+        self.stop = should_stop or (lambda: False)
+        self.elapsed_s = 0.0
+        self.cancelled = False
+        self.finished = 0  # images scored or failed in this run
+        self.stopped: dict[str, int] = {}  # why a replica's run stopped early -> images it left
+        self.workers = self.gpus_per_worker = 0
+
+    def execute(self, inputs, total: int, workers, chunk_size, replica_options) -> None:
+        start = time.perf_counter()
+        gpus = int(self.ray.cluster_resources().get("GPU", 0))
+        self.workers = workers or max(1, gpus)
+        self.gpus_per_worker = 1 if gpus else 0
+        chunk = chunk_size or max(1, min(MAX_CHUNK, math.ceil(total / (CHUNKS_PER_WORKER * self.workers))))
+        clock = ProgressClock(total)
+        self.notify(Progress(0, total, 0.0, 0.0, None))
+        try:
+            if total:
+                self._consume(inputs, chunk, replica_options, clock)
+        finally:
+            self.elapsed_s = time.perf_counter() - start
+
+    def _consume(self, inputs, chunk, replica_options, clock) -> None:
+        import pyarrow.compute as pc
+
+        scored = inputs.map_batches(
+            Replica,
+            fn_constructor_kwargs=replica_options,
+            # One model per actor. Ray Data restarts a dead actor and retries its chunk: actor pools
+            # default to unlimited max_restarts and max_task_retries.
+            compute=self.ray.data.ActorPoolStrategy(size=self.workers),
+            num_gpus=self.gpus_per_worker,
+            num_cpus=1,  # Ray also sets OMP_NUM_THREADS=1: CPU replicas do not fight over cores
+            batch_size=chunk,
+            batch_format="pyarrow",
+        )
+        batches = iter(scored.iter_batches(batch_size=None, batch_format="pyarrow"))
+        try:
+            for block in batches:
+                reached = pc.is_null(block.column("stopped"))
+                self.store.write(block.filter(reached))
+                for message in block.filter(pc.invert(reached)).column("stopped").to_pylist():
+                    self.stopped[message] = self.stopped.get(message, 0) + 1
+                self.finished += pc.sum(reached).as_py() or 0
+                elapsed, rate, eta = clock.advance(block.num_rows)
+                self.notify(Progress(clock.done, clock.total, elapsed, rate, eta, batch_size=block.num_rows))
+                if self.stop():
+                    self.cancelled = True
+                    break
+        except KeyboardInterrupt:
+            self.cancelled = True
+        except Exception as exc:  # Ray wraps the replica's error: report the user-level one
+            cause = _root_cause(exc)
+            if isinstance(cause, (ModelLoadError, InputError)):  # Ray Data appends lines of its own
+                raise type(cause)(_first_line(cause)) from None
+            raise ScaleOutError(f"the Ray run stopped: {_first_line(cause)}") from exc
+        finally:
+            batches.close()  # stops the pipeline now: chunks in flight are dropped, not written
+
+
+def _ranking(table, images, query, instruction, mode, model, run: _Run) -> Ranking:
+    """Every row in the shards, as results in input order: the given images first (those without a
+    row are pending), then rows of other inputs (an earlier run's, or a manifest's) by name."""
+    rows = table.to_pylist()
+    given = list(dict.fromkeys(images))
+    have = {row["name"] for row in rows}
+    position = {name: i for i, name in enumerate(given + sorted(have.difference(given)))}
+    results = [
+        ImageResult(position[row["name"]], row["name"], **{column: row[column] for column in RESULT_COLUMNS})
+        for row in rows
+    ]
+    results += [ImageResult(position[name], name) for name in given if name not in have]
+    results.sort(key=lambda r: r.index)
+    modes = sorted({row["mode"] for row in rows if row["mode"]})
+    error = None
+    if run.stopped:
+        error = "; ".join(f"{message} ({count} images not scored)" for message, count in run.stopped.items())
+    return Ranking(
+        query=query,
+        instruction=(instruction or "").strip() or DEFAULT_INSTRUCTION,
+        results=tuple(results),
+        mode="+".join(modes) or mode,
+        elapsed_s=run.elapsed_s,
+        cancelled=run.cancelled,
+        model=model,
+        is_demo=any(row["demo_model"] for row in rows),
+        error=error,
+    )

@@ -1,0 +1,249 @@
+"""Scale-out on Ray (local Ray, 2 CPUs, the demo model): every image exactly once, the single-process
+scores, a replica killed mid-run, resume after an interruption, Ctrl-C, manifests, one-sentence errors."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from imagegen import encode, photo
+
+ROOT = Path(__file__).resolve().parent.parent
+QUERY = "一只猫 a cat"
+
+
+def make_folder(root: Path, count: int, size: int = 48) -> list[str]:
+    """``count`` small photos (some in a subfolder) and one broken file; returns the image paths."""
+    (root / "sub").mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        path = root / ("sub" if i % 3 == 0 else "") / f"photo{i:03d}.png"
+        path.write_bytes(encode(photo(size + i % 5 * 8, size + i % 3 * 8, seed=i)))
+        paths.append(str(path))
+    broken = root / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    return sorted(paths + [str(broken)])
+
+
+def shard_names(out_dir: Path) -> collections.Counter:
+    shards = sorted((out_dir / "shards").glob("*.parquet"))
+    return collections.Counter(name for f in shards for name in pq.read_table(f, columns=["name"]).column("name").to_pylist())
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lychee_rerank", "rank", *args]
+
+
+def cli_env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+# --- The command line (each run starts its own local Ray; these run before the shared session) ---
+
+
+def test_missing_ray_is_one_sentence_with_the_install_command(tmp_path):
+    code = "import sys; sys.modules['ray'] = None; from lychee_rerank.cli import main; sys.exit(main(sys.argv[1:]))"
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(photo(20, 20)))
+    result = subprocess.run([sys.executable, "-c", code, "rank", "--ray", "local", "--model", "demo", "-q", "cat", str(image)],
+                            env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["lychee-rerank: Ray is not installed: pip install -r requirements-ray.txt"]
+
+
+def test_ctrl_c_leaves_a_resumable_state_and_the_resumed_csv_matches_the_single_process_command(tmp_path, demo_cache):
+    folder = tmp_path / "photos"
+    images = make_folder(folder, 40, size=96)
+    out = tmp_path / "results"
+    ray_args = ["--ray", "local", "--workers", "2", "--chunk-size", "1", "--model", "demo", "--query", QUERY, "photos"]
+    interrupted = subprocess.Popen(cli(*ray_args, "--out", "results", "--csv", "interrupted.csv"),
+                                   cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not any((out / "shards").glob("*.parquet")) and interrupted.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    interrupted.send_signal(signal.SIGINT)
+    stdout, stderr = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    done = shard_names(out)
+    assert 0 < len(done) < len(images) and set(done.values()) == {1}
+    rows = read_csv(tmp_path / "interrupted.csv")
+    assert {row["file"] for row in rows} == {os.path.relpath(p, tmp_path) for p in images}
+    assert sum(row["error"].startswith("not scored") for row in rows) == len(images) - len(done)
+
+    resumed = subprocess.run(cli(*ray_args, "--out", "results", "--resume", "--csv", "ray.csv"),
+                             cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(done)} were already in results" in resumed.stderr
+    assert shard_names(out) == collections.Counter({os.path.relpath(p, tmp_path): 1 for p in images})
+
+    single = subprocess.run(cli("--model", "demo", "--query", QUERY, "photos", "--csv", "single.csv"),
+                            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    assert_same_rows(read_csv(tmp_path / "ray.csv"), read_csv(tmp_path / "single.csv"))
+
+
+def assert_same_rows(got: list[dict], want: list[dict]) -> None:
+    """The same rows in the same order; scores equal within 1e-5 (batches differ: float rounding)."""
+    assert [row["file"] for row in got] == [row["file"] for row in want]
+    for got_row, want_row in zip(got, want):
+        assert {**got_row, "score": None} == {**want_row, "score": None}
+        if want_row["score"]:
+            assert float(got_row["score"]) == pytest.approx(float(want_row["score"]), abs=1e-5)
+        else:
+            assert got_row["score"] == ""
+
+
+# --- The Python API on one local Ray session shared by the tests below ---
+
+
+@pytest.fixture(scope="module")
+def ray_session(demo_cache):
+    import ray
+
+    from lychee_rerank import Reranker
+
+    Reranker.load("demo", dtype="float32")  # built once here, not by each replica
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"LYCHEE_CACHE": str(demo_cache), "HF_HUB_OFFLINE": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def single_process_scores(reranker, images) -> dict[str, float | None]:
+    ranking = reranker.rank(QUERY, images)
+    return {r.name: r.score for r in ranking.results}
+
+
+def test_every_image_is_scored_exactly_once_with_the_single_process_scores(ray_session, reranker, tmp_path):
+    from lychee_rerank.scale_out import rank_on_ray
+
+    images = make_folder(tmp_path / "photos", 10)
+    run = rank_on_ray(QUERY, images, model="demo", dtype="float32", workers=2, chunk_size=2, out_dir=tmp_path / "out")
+    assert shard_names(tmp_path / "out") == collections.Counter({p: 1 for p in images})
+    expected = reranker.rank(QUERY, images)
+    assert [r.name for r in run.ranking.results] == images  # input order
+    for got, want in zip(run.ranking.results, expected.results):
+        assert got.error == want.error
+        assert (got.width, got.height, got.visual_tokens) == (want.width, want.height, want.visual_tokens)
+        if want.score is None:
+            assert got.score is None
+        else:
+            assert got.score == pytest.approx(want.score, abs=1e-5)
+    assert [r.name for r in run.ranking.ranked()] == [r.name for r in expected.ranked()]
+    assert run.workers == 2 and run.finished_now == len(images) and not run.ranking.cancelled
+
+
+def _replica_processes():
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if "MapBatches(Replica)" in " ".join(p.cmdline())]
+
+
+def test_a_replica_killed_mid_run_still_scores_every_image_exactly_once(ray_session, tmp_path):
+    from lychee_rerank.scale_out import rank_on_ray
+
+    images = make_folder(tmp_path / "photos", 16, size=160)
+    killed = []
+
+    def kill_one_replica(event):
+        # Ray Data's replicas are anonymous actors: without the dashboard's state API there is no
+        # public handle for ray.kill, so the replica's process is killed, as a crash would.
+        if event.done >= 2 and not killed:
+            victim = _replica_processes()[0]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=30)
+            killed.append(event.done)
+
+    run = rank_on_ray(QUERY, images, model="demo", dtype="float32", workers=2, chunk_size=1,
+                      out_dir=tmp_path / "out", progress=kill_one_replica)
+    assert killed and killed[0] < len(images)  # killed while images were still to do
+    assert shard_names(tmp_path / "out") == collections.Counter({p: 1 for p in images})
+    assert len(run.ranking.scored) == len(images) - 1 and len(run.ranking.errors) == 1  # the broken file
+
+
+def test_resume_after_an_interrupted_run_scores_only_the_missing_images(ray_session, reranker, tmp_path, monkeypatch):
+    from lychee_rerank.scale_out import rank_on_ray
+
+    images = make_folder(tmp_path / "photos", 12)
+    # A manifest of relative paths and file:// URIs, read by Ray Data.
+    monkeypatch.chdir(tmp_path)
+    entries = [os.path.relpath(p, tmp_path) if i % 2 else Path(p).as_uri() for i, p in enumerate(images)]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,comment\n" + "".join(f"{e},x\n" for e in entries), encoding="utf-8")
+    out = tmp_path / "out"
+
+    first = rank_on_ray(QUERY, manifest=str(manifest), model="demo", dtype="float32", workers=2, chunk_size=2,
+                        out_dir=out, should_stop=lambda: True)
+    assert first.ranking.cancelled
+    done = shard_names(out)
+    assert 0 < len(done) < len(entries) and set(done.values()) == {1}
+
+    totals = []
+    second = rank_on_ray(QUERY, manifest=str(manifest), model="demo", dtype="float32", workers=2, chunk_size=2,
+                         out_dir=out, resume=True, progress=lambda event: totals.append(event.total))
+    assert totals[0] == len(entries) - len(done) and second.finished_now == len(entries) - len(done)
+    assert second.already_done == len(done)
+    assert shard_names(out) == collections.Counter({e: 1 for e in entries})
+    expected = single_process_scores(reranker, images)
+    scores = {r.name: r.score for r in second.ranking.results}
+    for entry, image in zip(entries, images):
+        if expected[image] is None:
+            assert scores[entry] is None
+        else:
+            assert scores[entry] == pytest.approx(expected[image], abs=1e-5)
+
+
+def test_manifests_are_read_as_text_csv_or_parquet(ray_session, tmp_path):
+    from lychee_rerank.scale_out.driver import read_manifest
+
+    names = ["a/1.png", "b 2.jpg", "s3://bucket/3.webp"]
+    (tmp_path / "list.txt").write_text("\n".join(names) + "\n\n", encoding="utf-8")
+    (tmp_path / "first-column.csv").write_text("file,label\n" + "".join(f"{n},x\n" for n in names), encoding="utf-8")
+    pq.write_table(pa.table({"id": [1, 2, 3], "path": names}), tmp_path / "list.parquet")
+    for manifest in ("list.txt", "first-column.csv", "list.parquet"):
+        rows = read_manifest(ray_session, str(tmp_path / manifest)).take_all()
+        assert sorted(row["name"] for row in rows) == sorted(names), manifest
+
+
+def test_a_model_that_cannot_load_is_one_sentence(ray_session, tmp_path):
+    from lychee_rerank import ModelLoadError
+    from lychee_rerank.scale_out import rank_on_ray
+
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(photo(20, 20)))
+    with pytest.raises(ModelLoadError) as caught:
+        rank_on_ray(QUERY, [str(image)], model=str(tmp_path / "no-model-here"), workers=1)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_out_dir_holding_another_run_is_refused(tmp_path):
+    from lychee_rerank.scale_out import OutDirError, rank_on_ray
+    from lychee_rerank.scale_out.shards import SHARD_SCHEMA, ShardStore
+
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(photo(20, 20)))
+    store = ShardStore(tmp_path / "out")
+    store.open({"query": "a dog", "instruction": "", "query_image_sha256": None, "model": "demo",
+                "dtype": "auto", "max_pixels": None}, resume=False)
+    store.write(pa.Table.from_pylist([{"name": str(image), "score": 0.5}], schema=SHARD_SCHEMA))
+    with pytest.raises(OutDirError, match="--resume"):
+        rank_on_ray(QUERY, [str(image)], model="demo", out_dir=tmp_path / "out")
+    with pytest.raises(OutDirError, match="another query"):
+        rank_on_ray(QUERY, [str(image)], model="demo", out_dir=tmp_path / "out", resume=True)
+
