@@ -236,13 +236,17 @@ def test_no_overlap_and_worker_threads_levers_keep_the_scores(reranker, tmp_path
         assert [r.score for r in reranker.rank("a cat", paths, workers=2).results] == pytest.approx(expected, abs=1e-6)
 
 
-def test_workers_zero_means_no_overlap():
+def test_workers_takes_counts_and_no_overlap_is_workers_zero():
     parser = argparse.ArgumentParser()
     bench.add_bench_arguments(parser)
-    inline = bench.settings_from_args(parser.parse_args(["--workers", "0"]))
-    assert inline.no_overlap is True and inline.workers is None
-    pooled = bench.settings_from_args(parser.parse_args(["--workers", "3"]))
-    assert pooled.no_overlap is False and pooled.workers == 3
+
+    def workers(*argv):
+        return bench.settings_from_args(parser.parse_args(list(argv))).workers
+
+    assert workers() == (None,)  # the engine's default: every CPU the process may use
+    assert workers("--workers", "3") == (3,)
+    assert workers("--workers", "1,2,1") == (1, 2)
+    assert workers("--workers", "0") == workers("--no-overlap") == (0,)
 
 
 # -- the model card's loop and the verdicts -----------------------------------------------------------
@@ -295,7 +299,7 @@ def test_bench_on_cpu_writes_every_figure_and_the_plot(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "speedup (batched ÷ sequential images/s)" in proc.stdout
-    for column in ("images/s", "ms/image", "CPU ceiling", "× model card", "max |Δscore|", "peak RSS"):
+    for column in ("images/s", "ms/image", "CPU s/image", "CPU ceiling", "× model card", "max |Δscore|", "peak RSS"):
         assert column in proc.stdout
     assert "preprocessing alone" in proc.stdout and "bound by" in proc.stdout
     assert "same scores within 2e-05" in proc.stdout and "SCORES DIFFER" not in proc.stdout
@@ -309,7 +313,7 @@ def test_bench_on_cpu_writes_every_figure_and_the_plot(tmp_path):
     assert model["arch"] == "tiny" and model["name"] == "random tiny" and model["is_demo"] is True
     assert model["dtype"] == "float32" and model["attention"] in ("sdpa", "eager")
     assert model["parameters"] > 0 and model["vram_after_load_bytes"] is None
-    assert settings["workers"] == machine["cpus_usable"] and settings["preprocess"] == "exact"
+    assert settings["workers"] == [machine["cpus_usable"]] and settings["preprocess"] == "exact"
     assert settings["sizes"] == ["56", "112x84"] and settings["baseline"] is True
     assert report["peak_tflops"] is None
     assert set(report["workloads"]) == {"56", "112x84"}
@@ -317,14 +321,17 @@ def test_bench_on_cpu_writes_every_figure_and_the_plot(tmp_path):
 
     results = {(r["mode"], r["size"]): r for r in report["results"]}
     assert set(results) == {(m, s) for m in ("model card", "sequential", "batched") for s in ("56", "112x84")}
+    ceilings = {c["size"]: c for c in report["ceiling"]}
+    assert [c["workers"] for c in report["ceiling"]] == [machine["cpus_usable"]] * 2
     for size, resized, tokens in (("56", [56, 56], 4), ("112x84", [112, 84], 12)):
-        ceiling, baseline = report["ceiling"][size], report["baseline"][size]
+        ceiling, baseline = ceilings[size], report["baseline"][size]
         assert ceiling["prepared"] == 4 and math.isfinite(ceiling["images_per_s"]) and ceiling["images_per_s"] > 0
         assert baseline["scored"] == 4 and math.isfinite(baseline["images_per_s"]) and baseline["images_per_s"] > 0
         assert set(baseline["stage_ms_per_image"]) == {"decode", "qwen_vl_utils", "processor", "forward"}
         assert results[("model card", size)]["images_per_s"] == baseline["images_per_s"]
         for mode in ("sequential", "batched"):
             r = results[(mode, size)]
+            assert r["variant"] == mode and r["workers"] == machine["cpus_usable"]
             assert r["images"] == r["scored"] == 4 and r["errors"] == 0 and r["nan_scores"] == 0
             assert r["images_per_s"] > 0 and r["cpu_s_per_image"] > 0
             assert r["ms_per_image"] > 0 and r["ms_per_image_mean"] == pytest.approx(1000 / r["images_per_s"])
@@ -353,6 +360,21 @@ def test_bench_on_cpu_writes_every_figure_and_the_plot(tmp_path):
 
     assert out_png.read_bytes()[:8] == PNG_SIGNATURE
     assert out_png.stat().st_size > 5_000
+
+
+def test_several_worker_counts_are_measured_side_by_side_each_with_its_ceiling(tmp_path, capsys):
+    out_json = tmp_path / "workers.json"
+    code = bench.main(["--arch", "tiny", "--images", "3", "--size", "56", "--modes", "batched", "--workers", "0,1",
+                       "--image-cache", str(tmp_path / "images"), "--json", str(out_json)])
+    assert code == 0
+    assert "batched, inline" in capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["workers"] == [0, 1]
+    assert [(r["variant"], r["workers"], r["scored"]) for r in report["results"]] == [
+        ("batched, inline", 0, 3), ("batched, 1 worker", 1, 3)]
+    assert [(c["workers"], c["prepared"]) for c in report["ceiling"]] == [(0, 3), (1, 3)]
+    for r, c in zip(report["results"], report["ceiling"]):
+        assert r["preprocess_ceiling_images_per_s"] == c["images_per_s"] > 0
 
 
 def test_bench_is_wired_into_the_cli():
@@ -397,7 +419,8 @@ def test_memory_run_reports_every_n_images_and_stays_flat(tmp_path, capsys):
         (["--size", "640x99999"], "out of range"),
         (["--modes", "fast"], "--modes takes"),
         (["--images", "0"], "--images must be a positive number"),
-        (["--workers", "-1"], "--workers must be 0 (inline) or a positive number"),
+        (["--workers", "-1"], "--workers takes 0 (inline) or positive numbers"),
+        (["--workers", "two"], "--workers takes 0 (inline) or positive numbers"),
         (["--plot", "out.jpg"], "ending in .png"),
         (["--quantize", "8bit"], "--quantize applies to a checkpoint"),
         (["--model", "/no/such/model"], "model directory not found"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -86,7 +88,7 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
     images = s.images or (DEFAULT_IMAGES_CUDA if device.type == "cuda" else DEFAULT_IMAGES_CPU)
     out(f"{PROG}: {info.name} ({count(info.parameters)} parameters, {info.dtype}, {info.attention}) "
         f"on {machine['accelerator']}, ready in {info.load_seconds:.1f} s")
-    options = RunOptions(s.query, s.token_budget, s.preprocess, s.workers, 0 if s.full_logits else 1)
+    options = RunOptions(s.query, s.token_budget, s.preprocess, None, 0 if s.full_logits else 1)
     report: dict = {
         "schema": JSON_SCHEMA,
         "argv": argv,
@@ -115,13 +117,13 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
             "max_pixels": s.max_pixels,
             "token_budget": s.token_budget,
             "preprocess": s.preprocess,
-            "workers": 0 if s.no_overlap else (s.workers or available_cpus()),
-            "preprocessing_overlap": not s.no_overlap,
+            "workers": [available_cpus() if w is None else w for w in s.workers],  # 0: prepared inline
             "worker_torch_threads": s.worker_torch_threads,
             "torch_threads": s.torch_threads,
             "logits_to_keep": options.logits_positions,
             "gc_collect": not s.no_gc,
             "baseline": s.baseline,
+            "baseline_torch_threads": s.baseline_torch_threads,
             "ceiling": s.ceiling,
             "seed": s.seed,
             "repeat": s.repeat,
@@ -130,7 +132,7 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
         "score_tolerance": SCORE_TOLERANCE,
         "workloads": {},
         "results": [],
-        "ceiling": {},
+        "ceiling": [],
         "baseline": {},
         "speedup": {},
         "memory_run": None,
@@ -144,7 +146,7 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
         report["memory_run"] = {"images": s.memory_run, "report_every": s.report_every, "runs": []}
     cache = s.image_cache or default_cache_dir()
     with MemorySampler(device) as sampler, torch_threads(s.torch_threads), \
-            engine_levers(overlap=not s.no_overlap, gc_collect=not s.no_gc, worker_torch_threads=s.worker_torch_threads):
+            engine_levers(gc_collect=not s.no_gc, worker_torch_threads=s.worker_torch_threads):
         for workload in s.sizes:
             started = time.perf_counter()
             paths = write_workload(workload, s.memory_run or images, s.seed, cache)
@@ -152,14 +154,17 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
             described = describe_workload(reranker, paths, options)
             report["workloads"][workload.label] = described
             reranker.rank(s.query, paths[:2], mode="batched", token_budget=s.token_budget,
-                          preprocess=s.preprocess, workers=s.workers)  # warm-up, not counted
+                          preprocess=s.preprocess)  # warm-up, not counted
             if s.memory_run:
-                for mode in s.modes:
-                    run = memory_run(reranker, paths, mode, workload.label, options, s.report_every, sampler, out)
-                    report["memory_run"]["runs"].append(run)
-                    state = "flat" if run["flat"] else f"NOT flat (grew {gib(run['growth_bytes'])})"
-                    out(f"{PROG}: {mode} {size_label(workload.label)}: memory {state} over {len(paths)} images, "
-                        f"peak RSS {gib(run['peak_rss_bytes'])}")
+                for workers in s.workers:
+                    for mode in s.modes:
+                        with _pool(options, workers) as pooled:
+                            run = memory_run(reranker, paths, mode, workload.label, pooled, s.report_every, sampler, out)
+                        run["workers"] = available_cpus() if workers is None else workers
+                        report["memory_run"]["runs"].append(run)
+                        state = "flat" if run["flat"] else f"NOT flat (grew {gib(run['growth_bytes'])})"
+                        out(f"{PROG}: {mode} {size_label(workload.label)}, {_workers_label(run['workers'])}: memory {state} "
+                            f"over {len(paths)} images, peak RSS {gib(run['peak_rss_bytes'])}")
                 continue
             _measure_workload(reranker, model, baseline_loop, paths, workload.label, s, options, described,
                               sampler, peak_tflops, report, out)
@@ -183,45 +188,73 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
     return 1 if any(r.get("errors") for r in runs) else 0
 
 
+def _workers_label(count: int) -> str:
+    return "inline" if count == 0 else f"{count} worker{'s' if count > 1 else ''}"
+
+
+@contextlib.contextmanager
+def _pool(options: RunOptions, workers: int | None):
+    """Options for runs with this many preprocessing threads; 0 swaps in the inline feeder."""
+    with engine_levers(overlap=False) if workers == 0 else contextlib.nullcontext():
+        yield dataclasses.replace(options, workers=workers or None)
+
+
 def _measure_workload(reranker, model, baseline_loop, paths, label, s: Settings, options: RunOptions, described: dict,
                       sampler, peak_tflops, report: dict, out) -> None:
     """Every measurement of one workload, ``--repeat`` times interleaved (drift on the machine hits
-    all alike), each kept as its median run."""
+    all alike), each kept as its median run. With several ``--workers`` values each mode is measured
+    with each, and every value gets its own ceiling."""
+    from ..pipeline import available_cpus
+
     if baseline_loop is not None:
         baseline_loop.run(s.query, paths[:1])  # warm-up, not counted
-    baseline_runs, ceiling_runs = [], []
-    repeats: dict[str, list[dict]] = {mode: [] for mode in s.modes}
+    threads = f", torch threads {s.baseline_torch_threads}" if s.baseline_torch_threads else ""
+    several = len(s.workers) > 1
+    baseline_runs: list[dict] = []
+    ceiling_runs: dict[int | None, list[dict]] = {w: [] for w in s.workers}
+    repeats: dict[tuple[str, int | None], list[dict]] = {(m, w): [] for w in s.workers for m in s.modes}
     for attempt in range(s.repeat):
         run = f" (run {attempt + 1}/{s.repeat})" if s.repeat > 1 else ""
         if baseline_loop is not None:
-            baseline_runs.append(measure_baseline(baseline_loop, paths, s.query, sampler, model.device))
+            with torch_threads(s.baseline_torch_threads):
+                baseline_runs.append(measure_baseline(baseline_loop, paths, s.query, sampler, model.device))
             out(f"  model card {size_label(label)}{run}: {len(paths)} images in {baseline_runs[-1]['elapsed_s']:.2f} s "
-                f"= {baseline_runs[-1]['images_per_s']:.2f} images/s (one thread, one image at a time)")
-        if s.ceiling:
-            ceiling_runs.append(measure_ceiling(reranker, paths, options, sampler))
-            out(f"  preprocessing alone {size_label(label)}{run}: {ceiling_runs[-1]['prepared']}/{len(paths)} images "
-                f"in {ceiling_runs[-1]['elapsed_s']:.2f} s = {ceiling_runs[-1]['images_per_s']:.2f} images/s")
-        for mode in s.modes:
-            result = measure_mode(reranker, paths, mode, label, options, described["text_tokens"], sampler, peak_tflops)
-            repeats[mode].append(result)
-            out(f"  {mode:<10} {size_label(label)}{run}: {result['scored']}/{len(paths)} images in {result['elapsed_s']:.2f} s "
-                f"= {result['images_per_s']:.2f} images/s")
-            if result["nan_scores"]:
-                out(f"  warning: {result['nan_scores']} scores are not finite (random weights overflowed?)")
-            if result["errors"]:
-                out(f"  warning: {result['errors']} images failed: {'; '.join(result['error_examples'])}")
+                f"= {baseline_runs[-1]['images_per_s']:.2f} images/s (one Python thread, one image at a time{threads})")
+        for workers in s.workers:
+            count = available_cpus() if workers is None else workers
+            pool = f", {_workers_label(count)}"
+            with _pool(options, workers) as pooled:
+                if s.ceiling:
+                    ceiling = measure_ceiling(reranker, paths, pooled, sampler)
+                    ceiling_runs[workers].append(ceiling)
+                    out(f"  preprocessing alone {size_label(label)}{pool}{run}: {ceiling['prepared']}/{len(paths)} images "
+                        f"in {ceiling['elapsed_s']:.2f} s = {ceiling['images_per_s']:.2f} images/s")
+                for mode in s.modes:
+                    result = measure_mode(reranker, paths, mode, label, pooled, described["text_tokens"], sampler, peak_tflops)
+                    result["workers"] = count
+                    result["variant"] = f"{mode}, {_workers_label(count)}" if several else mode
+                    repeats[(mode, workers)].append(result)
+                    out(f"  {mode:<10} {size_label(label)}{pool}{run}: {result['scored']}/{len(paths)} images in "
+                        f"{result['elapsed_s']:.2f} s = {result['images_per_s']:.2f} images/s")
+                    if result["nan_scores"]:
+                        out(f"  warning: {result['nan_scores']} scores are not finite (random weights overflowed?)")
+                    if result["errors"]:
+                        out(f"  warning: {result['errors']} images failed: {'; '.join(result['error_examples'])}")
     baseline = median_run(baseline_runs) if baseline_runs else None
-    ceiling = median_run(ceiling_runs) if ceiling_runs else None
     if baseline is not None:
         report["baseline"][label] = {k: v for k, v in baseline.items() if k != "scores"}
-        report["results"].append({"size": label, **report["baseline"][label]})
-    if ceiling is not None:
-        report["ceiling"][label] = ceiling
-    engine = {}
-    for mode in s.modes:
-        engine[mode] = median_run(repeats[mode])
-        compare(engine[mode], ceiling, baseline, on_gpu=model.device.type == "cuda")
-        engine[mode]["preprocess_ms_per_image"] = described["preprocess_ms_per_image"]
-        report["results"].append(engine[mode])
-    if "sequential" in engine and "batched" in engine and engine["sequential"]["images_per_s"] > 0:
-        report["speedup"][label] = engine["batched"]["images_per_s"] / engine["sequential"]["images_per_s"]
+        report["results"].append({"size": label, "variant": "model card", **report["baseline"][label]})
+    for workers in s.workers:
+        count = available_cpus() if workers is None else workers
+        ceiling = median_run(ceiling_runs[workers]) if ceiling_runs[workers] else None
+        if ceiling is not None:
+            report["ceiling"].append({"size": label, "workers": count, **ceiling})
+        engine = {}
+        for mode in s.modes:
+            engine[mode] = median_run(repeats[(mode, workers)])
+            compare(engine[mode], ceiling, baseline, on_gpu=model.device.type == "cuda")
+            engine[mode]["preprocess_ms_per_image"] = described["preprocess_ms_per_image"]
+            report["results"].append(engine[mode])
+        if "sequential" in engine and "batched" in engine and engine["sequential"]["images_per_s"] > 0:
+            key = f"{label}, {_workers_label(count)}" if several else label
+            report["speedup"][key] = engine["batched"]["images_per_s"] / engine["sequential"]["images_per_s"]

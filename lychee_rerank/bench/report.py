@@ -51,6 +51,9 @@ def machine_info(device) -> dict:
         "transformers": transformers.__version__,
         "flash_attn": None,
         "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        # OpenMP's settings, read when torch loads: spin-waiting threads cost a shared CPU dearly.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "platform": platform.platform(),
         "load_average_start": load_average(),  # other work on the machine skews CPU-side timings
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -89,7 +92,7 @@ def size_label(label: str) -> str:
 
 def format_table(report: dict) -> str:
     """One row per measured mode and size (the model card's loop first), then the verdicts."""
-    header = ("mode", "size", "images/s", "ms/image", "CPU ceiling", "× model card", "max |Δscore|",
+    header = ("mode", "size", "images/s", "ms/image", "CPU s/image", "CPU ceiling", "× model card", "max |Δscore|",
               "peak VRAM", "peak RSS", "TFLOP/s", "% of peak")
     rows = [header]
     for r in report["results"]:
@@ -97,10 +100,11 @@ def format_table(report: dict) -> str:
         diff = r.get("max_abs_score_diff_vs_model_card")
         speedup = r.get("speedup_vs_model_card")
         rows.append((
-            r["mode"],
+            r["variant"],
             size_label(r["size"]),
             _num(r["images_per_s"]),
             _num(r.get("ms_per_image", r.get("ms_per_image_mean")), 1),
+            _num(r.get("cpu_s_per_image"), 3),
             _num(r.get("preprocess_ceiling_images_per_s")),
             "—" if speedup is None else f"×{speedup:.2f}",
             "—" if diff is None else f"{diff:.1e}",
@@ -120,11 +124,11 @@ def verdicts(report: dict) -> list[str]:
     """The summary lines under the table: speedups, which side bounds each run, the baseline's stages."""
     lines = []
     if report["speedup"]:
-        parts = [f"{size_label(size)} ×{value:.2f}" for size, value in report["speedup"].items()]
+        parts = [f"{size_label(key)} ×{value:.2f}" for key, value in report["speedup"].items()]
         lines.append("speedup (batched ÷ sequential images/s): " + ", ".join(parts))
     for r in report["results"]:
         if r.get("bound_by"):
-            lines.append(f"{r['mode']} {size_label(r['size'])}: {r['images_per_s']:.2f} images/s, preprocessing alone "
+            lines.append(f"{r['variant']} {size_label(r['size'])}: {r['images_per_s']:.2f} images/s, preprocessing alone "
                          f"{r['preprocess_ceiling_images_per_s']:.2f} images/s: bound by {r['bound_by']}")
     for size, base in (report.get("baseline") or {}).items():
         stages = ", ".join(f"{stage} {ms:.0f}" for stage, ms in base["stage_ms_per_image"].items())
@@ -133,7 +137,7 @@ def verdicts(report: dict) -> list[str]:
             if r["size"] == size and r.get("speedup_vs_model_card") is not None:
                 diff = r["max_abs_score_diff_vs_model_card"]
                 same = "same scores" if diff is not None and diff <= report["score_tolerance"] else "SCORES DIFFER"
-                lines.append(f"  engine {r['mode']}: ×{r['speedup_vs_model_card']:.2f} the model card's images/s, "
+                lines.append(f"  engine {r['variant']}: ×{r['speedup_vs_model_card']:.2f} the model card's images/s, "
                              f"max |score difference| {diff:.1e} ({same} within {report['score_tolerance']:g})")
     return lines
 
@@ -171,9 +175,9 @@ def write_plot(report: dict, path: str) -> None:
         return
     colours = {"model card": "#bcbd22", "sequential": "#7f7f7f", "batched": "#1f77b4"}
     sizes = list(dict.fromkeys(r["size"] for r in report["results"]))
-    modes = list(dict.fromkeys(r["mode"] for r in report["results"]))
+    modes = list(dict.fromkeys(r["variant"] for r in report["results"]))
     width = 0.8 / max(1, len(modes))
-    by_key = {(r["mode"], r["size"]): r for r in report["results"]}
+    by_key = {(r["variant"], r["size"]): r for r in report["results"]}
     for m, mode in enumerate(modes):
         xs = [i + (m - (len(modes) - 1) / 2) * width for i in range(len(sizes))]
         rates = [by_key[(mode, s)]["images_per_s"] if (mode, s) in by_key else 0 for s in sizes]
@@ -182,12 +186,14 @@ def write_plot(report: dict, path: str) -> None:
         left.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
         bars = right.bar(xs, memory, width, label=mode, color=colours.get(mode))
         right.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
-    ceilings = {size: c["images_per_s"] for size, c in (report.get("ceiling") or {}).items()}
-    for i, size in enumerate(sizes):
-        if size in ceilings:
-            left.hlines(ceilings[size], i - 0.45, i + 0.45, colors="#d62728", linestyles="dashed",
-                        label="preprocessing alone (CPU ceiling)" if i == 0 else None)
-    top = max([r["images_per_s"] for r in report["results"]] + list(ceilings.values()), default=0)
+    ceilings = report.get("ceiling") or []
+    pools = list(dict.fromkeys(c["workers"] for c in ceilings))
+    for c in ceilings:
+        i = sizes.index(c["size"])
+        label = f"preprocessing alone, {c['workers']} workers" if len(pools) > 1 else "preprocessing alone (CPU ceiling)"
+        left.hlines(c["images_per_s"], i - 0.45, i + 0.45, colors=("#d62728", "#ff9896", "#8c564b")[pools.index(c["workers"]) % 3],
+                    linestyles="dashed", label=label if i == sizes.index(ceilings[0]["size"]) else None)
+    top = max([r["images_per_s"] for r in report["results"]] + [c["images_per_s"] for c in ceilings], default=0)
     for i, size in enumerate(sizes):
         if size in report["speedup"]:
             left.annotate(f"batched ×{report['speedup'][size]:.2f}", (i, top * 1.12), ha="center", fontsize=9, weight="bold")

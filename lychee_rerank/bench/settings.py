@@ -48,9 +48,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         f"(phone photos in both orientations, PNG screenshots, an A4 scan, product shots, a panorama) (default: {DEFAULT_SIZES})",
     )
     parser.add_argument("--modes", default=",".join(BENCH_MODES), metavar="MODE[,MODE]", help="sequential, batched or both (default: both)")
-    parser.add_argument("--workers", type=int, metavar="N", help="preprocessing threads (default: every CPU this process may use); 0 = rows prepared inline, as --no-overlap")
+    parser.add_argument("--workers", metavar="N[,N...]", help="preprocessing threads (default: every CPU this process may use); 0 = rows prepared inline, as --no-overlap; several (1,2) are measured interleaved")
     parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="exact", help="exact (the model card's path, default) or fast (JPEG draft decoding)")
     parser.add_argument("--baseline", action="store_true", help="also time a plain single-thread loop of the model card's code on the same files, and compare scores")
+    parser.add_argument("--baseline-torch-threads", type=int, metavar="N", help="the model card's loop with torch.set_num_threads(N) (default: torch's own choice, as a user gets)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the preprocessing-only ceiling (images/s the CPU side delivers with no model)")
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--plot", metavar="PATH.png", help="draw images/s and peak memory per mode and size")
@@ -79,9 +80,10 @@ class Settings:
     images: int | None
     sizes: tuple[Workload, ...]
     modes: tuple[str, ...]
-    workers: int | None  # None: the engine's default (every CPU the process may use)
+    workers: tuple[int | None, ...]  # None: the engine's default (every CPU the process may use); 0: inline
     preprocess: str
     baseline: bool
+    baseline_torch_threads: int | None
     ceiling: bool
     json_path: str | None
     plot_path: str | None
@@ -93,7 +95,6 @@ class Settings:
     min_pixels: int
     token_budget: int | None
     full_logits: bool
-    no_overlap: bool
     no_gc: bool
     torch_threads: int | None
     worker_torch_threads: int | None
@@ -116,6 +117,19 @@ def parse_sizes(text: str) -> tuple[Workload, ...]:
     return tuple(workloads)
 
 
+def parse_workers(text: str | None) -> tuple[int | None, ...]:
+    if text is None:
+        return (None,)
+    counts: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise BenchError(f"--workers takes 0 (inline) or positive numbers of threads separated by commas, like 1,2 (got {text!r})")
+        if int(part) not in counts:
+            counts.append(int(part))
+    return tuple(counts)
+
+
 def parse_modes(text: str) -> tuple[str, ...]:
     modes = []
     for part in (text or "").split(","):
@@ -132,10 +146,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if value is not None and value <= 0:
             raise BenchError(f"--{name} must be a positive number (got {value})")
 
-    for name in ("images", "max_pixels", "token_budget", "memory_run", "report_every", "repeat", "torch_threads", "worker_torch_threads"):
+    for name in ("images", "max_pixels", "token_budget", "memory_run", "report_every", "repeat", "torch_threads", "worker_torch_threads", "baseline_torch_threads"):
         positive(name.replace("_", "-"), getattr(args, name))
-    if args.workers is not None and args.workers < 0:
-        raise BenchError(f"--workers must be 0 (inline) or a positive number (got {args.workers})")
     if args.max_pixels < DEFAULT_MIN_PIXELS:
         raise BenchError(f"--max-pixels must be at least {DEFAULT_MIN_PIXELS} (the minimum image size the model takes)")
     if not (args.query or "").strip():
@@ -144,16 +156,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise BenchError(f"--plot writes a PNG: give a path ending in .png (got {args.plot!r})")
     if args.quantize != "none" and not args.model:
         raise BenchError("--quantize applies to a checkpoint: use it with --model")
-    inline = args.no_overlap or args.workers == 0
     return Settings(
         arch=args.arch,
         model=args.model,
         images=args.images,
         sizes=parse_sizes(args.size),
         modes=parse_modes(args.modes),
-        workers=None if inline else args.workers,
+        workers=(0,) if args.no_overlap else parse_workers(args.workers),
         preprocess=args.preprocess,
-        baseline=args.baseline,
+        baseline=args.baseline or args.baseline_torch_threads is not None,
+        baseline_torch_threads=args.baseline_torch_threads,
         ceiling=not args.no_ceiling,
         json_path=args.json,
         plot_path=args.plot,
@@ -165,7 +177,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         min_pixels=DEFAULT_MIN_PIXELS,
         token_budget=args.token_budget,
         full_logits=args.full_logits,
-        no_overlap=inline,
         no_gc=args.no_gc,
         torch_threads=args.torch_threads,
         worker_torch_threads=args.worker_torch_threads,
