@@ -276,8 +276,11 @@ def test_the_verdict_names_preprocessing_when_the_ceiling_is_within_1_2x_of_the_
     measure.compare(far, {"images_per_s": 12.1}, {"images_per_s": 4.0, "scores": [0.5, 0.2, 0.1]}, on_gpu=True)
     assert close["bound_by"] == "preprocessing (CPU)" and close["ceiling_ratio"] == pytest.approx(1.19)
     assert far["bound_by"] == "the model (GPU forward)"
-    assert far["speedup_vs_model_card"] == pytest.approx(2.5)
+    assert far["speedup_vs_model_card"] == pytest.approx(2.5) and far["speedup_vs_model_card_runs"] == [pytest.approx(2.5)]
     assert far["max_abs_score_diff_vs_model_card"] == pytest.approx(0.05)  # the unscored image is left out
+    repeated = {"images_per_s": 10.0, "images_per_s_runs": [12.0, 10.0, 8.0], "scores": [0.5]}
+    measure.compare(repeated, None, {"images_per_s": 5.0, "images_per_s_runs": [4.0, 5.0, 8.0], "scores": [0.5]}, on_gpu=False)
+    assert repeated["speedup_vs_model_card_runs"] == [3.0, 2.0, 1.0]  # each engine run over the loop measured beside it
 
 
 # -- the command ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from .measure import (
 )
 from .memory import MemorySampler
 from .models import cuda_available, load_model_under_test
-from .report import count, format_table, gib, load_average, machine_info, size_label, write_plot
+from .report import count, format_table, gib, load_average, machine_info, size_label, workers_label, write_plot
 from .settings import (
     DEFAULT_IMAGES_CPU,
     DEFAULT_IMAGES_CUDA,
@@ -163,7 +163,7 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
                         run["workers"] = available_cpus() if workers is None else workers
                         report["memory_run"]["runs"].append(run)
                         state = "flat" if run["flat"] else f"NOT flat (grew {gib(run['growth_bytes'])})"
-                        out(f"{PROG}: {mode} {size_label(workload.label)}, {_workers_label(run['workers'])}: memory {state} "
+                        out(f"{PROG}: {mode} {size_label(workload.label)}, {workers_label(run['workers'])}: memory {state} "
                             f"over {len(paths)} images, peak RSS {gib(run['peak_rss_bytes'])}")
                 continue
             _measure_workload(reranker, model, baseline_loop, paths, workload.label, s, options, described,
@@ -186,10 +186,6 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
         raise BenchError(f"cannot write the output: {exc}", code=1) from None
     runs = report["results"] + (report["memory_run"] or {}).get("runs", [])
     return 1 if any(r.get("errors") for r in runs) else 0
-
-
-def _workers_label(count: int) -> str:
-    return "inline" if count == 0 else f"{count} worker{'s' if count > 1 else ''}"
 
 
 @contextlib.contextmanager
@@ -222,7 +218,7 @@ def _measure_workload(reranker, model, baseline_loop, paths, label, s: Settings,
                 f"= {baseline_runs[-1]['images_per_s']:.2f} images/s (one Python thread, one image at a time{threads})")
         for workers in s.workers:
             count = available_cpus() if workers is None else workers
-            pool = f", {_workers_label(count)}"
+            pool = f", {workers_label(count)}"
             with _pool(options, workers) as pooled:
                 if s.ceiling:
                     ceiling = measure_ceiling(reranker, paths, pooled, sampler)
@@ -232,7 +228,7 @@ def _measure_workload(reranker, model, baseline_loop, paths, label, s: Settings,
                 for mode in s.modes:
                     result = measure_mode(reranker, paths, mode, label, pooled, described["text_tokens"], sampler, peak_tflops)
                     result["workers"] = count
-                    result["variant"] = f"{mode}, {_workers_label(count)}" if several else mode
+                    result["variant"] = f"{mode}, {workers_label(count)}" if several else mode
                     repeats[(mode, workers)].append(result)
                     out(f"  {mode:<10} {size_label(label)}{pool}{run}: {result['scored']}/{len(paths)} images in "
                         f"{result['elapsed_s']:.2f} s = {result['images_per_s']:.2f} images/s")
@@ -256,5 +252,5 @@ def _measure_workload(reranker, model, baseline_loop, paths, label, s: Settings,
             engine[mode]["preprocess_ms_per_image"] = described["preprocess_ms_per_image"]
             report["results"].append(engine[mode])
         if "sequential" in engine and "batched" in engine and engine["sequential"]["images_per_s"] > 0:
-            key = f"{label}, {_workers_label(count)}" if several else label
+            key = f"{label}, {workers_label(count)}" if several else label
             report["speedup"][key] = engine["batched"]["images_per_s"] / engine["sequential"]["images_per_s"]
