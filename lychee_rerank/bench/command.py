@@ -217,8 +217,8 @@ def _measure_workload(reranker, model, baseline_loop, paths, label, s: Settings,
             out(f"  model card {size_label(label)}{run}: {len(paths)} images in {baseline_runs[-1]['elapsed_s']:.2f} s "
                 f"= {baseline_runs[-1]['images_per_s']:.2f} images/s (one Python thread, one image at a time{threads})")
         for workers in s.workers:
-            count = available_cpus() if workers is None else workers
-            pool = f", {workers_label(count)}"
+            pool_size = available_cpus() if workers is None else workers
+            pool = f", {workers_label(pool_size)}"
             with _pool(options, workers) as pooled:
                 if s.ceiling:
                     ceiling = measure_ceiling(reranker, paths, pooled, sampler)
@@ -227,8 +227,8 @@ def _measure_workload(reranker, model, baseline_loop, paths, label, s: Settings,
                         f"in {ceiling['elapsed_s']:.2f} s = {ceiling['images_per_s']:.2f} images/s")
                 for mode in s.modes:
                     result = measure_mode(reranker, paths, mode, label, pooled, described["text_tokens"], sampler, peak_tflops)
-                    result["workers"] = count
-                    result["variant"] = f"{mode}, {workers_label(count)}" if several else mode
+                    result["workers"] = pool_size
+                    result["variant"] = f"{mode}, {workers_label(pool_size)}" if several else mode
                     repeats[(mode, workers)].append(result)
                     out(f"  {mode:<10} {size_label(label)}{pool}{run}: {result['scored']}/{len(paths)} images in "
                         f"{result['elapsed_s']:.2f} s = {result['images_per_s']:.2f} images/s")
@@ -241,10 +241,10 @@ def _measure_workload(reranker, model, baseline_loop, paths, label, s: Settings,
         report["baseline"][label] = {k: v for k, v in baseline.items() if k != "scores"}
         report["results"].append({"size": label, "variant": "model card", **report["baseline"][label]})
     for workers in s.workers:
-        count = available_cpus() if workers is None else workers
+        pool_size = available_cpus() if workers is None else workers
         ceiling = median_run(ceiling_runs[workers]) if ceiling_runs[workers] else None
         if ceiling is not None:
-            report["ceiling"].append({"size": label, "workers": count, **ceiling})
+            report["ceiling"].append({"size": label, "workers": pool_size, **ceiling})
         engine = {}
         for mode in s.modes:
             engine[mode] = median_run(repeats[(mode, workers)])
@@ -252,5 +252,5 @@ def _measure_workload(reranker, model, baseline_loop, paths, label, s: Settings,
             engine[mode]["preprocess_ms_per_image"] = described["preprocess_ms_per_image"]
             report["results"].append(engine[mode])
         if "sequential" in engine and "batched" in engine and engine["sequential"]["images_per_s"] > 0:
-            key = f"{label}, {workers_label(count)}" if several else label
+            key = f"{label}, {workers_label(pool_size)}" if several else label
             report["speedup"][key] = engine["batched"]["images_per_s"] / engine["sequential"]["images_per_s"]

@@ -4,6 +4,7 @@ the repeated-run median, and the memory run."""
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -63,10 +64,10 @@ def describe_workload(reranker, paths: Sequence[str], options: RunOptions) -> di
             key = f"{image.width}x{image.height} {image.format}{turned}"
             pixels.append(image.width * image.height)
         shapes[key] = shapes.get(key, 0) + 1
-        sizes.append(_file_size(path))
-    planned = [scorer.plan(i, path, path, probe_image(path)) for i, path in enumerate(paths[:4])]
+        sizes.append(os.path.getsize(path))
+    planned = [scorer.plan(i, path, path, probe_image(path)) for i, path in enumerate(paths[:3])]
     timings = []
-    for item in planned[:3]:
+    for item in planned:
         start = time.perf_counter()
         try:
             scorer.prepare_row(item)
@@ -80,12 +81,6 @@ def describe_workload(reranker, paths: Sequence[str], options: RunOptions) -> di
         "text_tokens": planned[0].sequence_tokens - planned[0].visual_tokens,
         "preprocess_ms_per_image": median(timings),
     }
-
-
-def _file_size(path: str) -> int:
-    from pathlib import Path
-
-    return Path(path).stat().st_size
 
 
 def _errors(ranking) -> int:

@@ -128,7 +128,10 @@ def verdicts(report: dict) -> list[str]:
     """The summary lines under the table: speedups, which side bounds each run, the baseline's stages."""
     lines = []
     if report["speedup"]:
-        parts = [f"{size_label(key)} ×{value:.2f}" for key, value in report["speedup"].items()]
+        parts = []
+        for key, value in report["speedup"].items():  # "SIZE" or, with several --workers, "SIZE, N workers"
+            size, _, pool = key.partition(", ")
+            parts.append(f"{size_label(size)}{', ' + pool if pool else ''} ×{value:.2f}")
         lines.append("speedup (batched ÷ sequential images/s): " + ", ".join(parts))
     for r in report["results"]:
         if r.get("bound_by"):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from ..archs import ARCHS
 from ..loading import ATTENTIONS, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DTYPES
+from ..preprocess import PREPROCESS_MODES
 from .workload import Workload, parse_workload
 
 PROG = "lychee-rerank bench"
 BENCH_MODES = ("sequential", "batched")
-PREPROCESS_CHOICES = ("exact", "fast")  # the engine's preprocess= values
 QUANTIZE_CHOICES = ("none", "8bit", "4bit")
 DEFAULT_QUERY = "sunset over the sea"
 DEFAULT_SIZES = "448,1024"
@@ -49,7 +49,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--modes", default=",".join(BENCH_MODES), metavar="MODE[,MODE]", help="sequential, batched or both (default: both)")
     parser.add_argument("--workers", metavar="N[,N...]", help="preprocessing threads (default: every CPU this process may use); 0 = rows prepared inline, as --no-overlap; several (1,2) are measured interleaved")
-    parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="exact", help="exact (the model card's path, default) or fast (JPEG draft decoding)")
+    parser.add_argument("--preprocess", choices=PREPROCESS_MODES, default="exact", help="exact (the model card's path, default) or fast (JPEG draft decoding)")
     parser.add_argument("--baseline", action="store_true", help="also time a plain single-thread loop of the model card's code on the same files, and compare scores")
     parser.add_argument("--baseline-torch-threads", type=int, metavar="N", help="the model card's loop with torch.set_num_threads(N) (default: torch's own choice, as a user gets)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the preprocessing-only ceiling (images/s the CPU side delivers with no model)")
