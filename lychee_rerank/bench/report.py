@@ -205,7 +205,7 @@ def write_plot(report: dict, path: str) -> None:
     top = max([r["images_per_s"] for r in report["results"]] + [c["images_per_s"] for c in ceilings], default=0)
     for i, size in enumerate(sizes):
         if size in report["speedup"]:
-            left.annotate(f"batched ×{report['speedup'][size]:.2f}", (i, top * 1.12), ha="center", fontsize=9, weight="bold")
+            left.annotate(f"batched ÷ sequential ×{report['speedup'][size]:.2f}", (i, top * 1.12), ha="center", fontsize=9, weight="bold")
     for axis in (left, right):
         axis.set_xticks(range(len(sizes)), [size_label(s) for s in sizes])
         axis.set_ylim(0, axis.get_ylim()[1] * 1.25)
