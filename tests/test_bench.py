@@ -1,19 +1,24 @@
-"""The benchmark: FLOP count (by hand, and against the issue's figures), the CLI run on CPU, the memory
-run, user errors."""
+"""The benchmark: FLOP count (by hand, and against the issue's figures), the workloads, the levers, the
+model card's loop against the engine, the CLI run on CPU with every figure, the memory run, user errors."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from imagegen import encode
 from lychee_rerank import bench
 from lychee_rerank.archs import arch_config
+from lychee_rerank.bench import levers, measure, workload
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -109,29 +114,180 @@ def test_gpu_peak_table():
     assert bench.gpu_peak_tflops(None, "bfloat16") is None
 
 
-# -- images -----------------------------------------------------------------------------------------
+# -- workloads --------------------------------------------------------------------------------------
 
 
-def test_synthetic_images_are_deterministic_and_photo_like():
+def test_synthetic_photos_are_deterministic_and_photo_like():
     import numpy as np
 
-    a = np.asarray(bench.synthetic_image(3, 96, seed=1))
-    assert a.shape == (96, 96, 3)
-    assert np.array_equal(a, np.asarray(bench.synthetic_image(3, 96, seed=1)))
-    assert not np.array_equal(a, np.asarray(bench.synthetic_image(4, 96, seed=1)))
-    assert not np.array_equal(a, np.asarray(bench.synthetic_image(3, 96, seed=2)))
+    a = np.asarray(workload.synthetic_photo(96, 64, index=3, seed=1))
+    assert a.shape == (64, 96, 3)
+    assert np.array_equal(a, np.asarray(workload.synthetic_photo(96, 64, index=3, seed=1)))
+    assert not np.array_equal(a, np.asarray(workload.synthetic_photo(96, 64, index=4, seed=1)))
+    assert not np.array_equal(a, np.asarray(workload.synthetic_photo(96, 64, index=3, seed=2)))
     assert a.std() > 10  # not a flat colour
     assert len(np.unique(a.reshape(-1, 3), axis=0)) > 1000  # gradients and noise, not a few flat shapes
+
+
+def test_photos_cost_a_jpeg_codec_what_real_photos_cost():
+    # Phone photos at quality 90 take about 1.5-3 bits per pixel; pure noise takes over 8, a flat colour under 0.2.
+    image = workload.synthetic_photo(640, 480, index=0, seed=0)
+    bits_per_pixel = 8 * len(encode(image, "JPEG", quality=90)) / (640 * 480)
+    assert 1.0 < bits_per_pixel < 4.0
+
+
+@pytest.mark.parametrize(("text", "label", "size"), [
+    ("448", "448", (448, 448)),
+    ("4032x3024", "4032x3024", (4032, 3024)),
+    (" 3024×4032px ", "3024x4032", (3024, 4032)),
+    ("mixed", "mixed", (None, None)),
+])
+def test_size_accepts_squares_width_x_height_and_mixed(text, label, size):
+    parsed = workload.parse_workload(text)
+    assert (parsed.label, (parsed.width, parsed.height)) == (label, size)
+
+
+def test_size_list_keeps_order_and_drops_repeats():
+    assert [w.label for w in bench.parse_sizes("448,4032x3024,mixed,448")] == ["448", "4032x3024", "mixed"]
+
+
+def test_the_mixed_workload_is_a_fixed_seeded_mix_of_real_world_shapes():
+    mixed = workload.parse_workload("mixed")
+    specs = mixed.specs(20, seed=0)
+    assert specs == mixed.specs(20, seed=0) and specs != mixed.specs(20, seed=1)  # seeded order
+    assert sorted(map(repr, specs)) == sorted(map(repr, mixed.specs(20, seed=1)))  # the same mix
+    shapes = {(s.kind, s.width, s.height, s.format, s.orientation) for s in specs}
+    assert {("photo", 4032, 3024, "JPEG", 1), ("photo", 4032, 3024, "JPEG", 6), ("photo", 3024, 4032, "JPEG", 1),
+            ("screenshot", 1920, 1080, "PNG", 1), ("scan", 2480, 3508, "JPEG", 1), ("product", 800, 800, "JPEG", 1)} <= shapes
+    assert any(s.width >= 3 * s.height for s in specs)  # a panorama
+    assert specs[:16] == mixed.specs(16, seed=0)
+
+
+def test_images_are_written_with_their_exif_orientation_and_reused_from_the_cache(tmp_path):
+    from PIL import Image, ImageOps
+
+    specs = [workload.ImageSpec("photo", 64, 48, orientation=6), workload.ImageSpec("screenshot", 80, 45, format="PNG")]
+    first = workload.write_images(specs, seed=0, cache_dir=tmp_path)
+    with Image.open(first[0]) as photo_file:
+        assert photo_file.format == "JPEG" and photo_file.size == (64, 48)
+        assert photo_file.getexif()[0x0112] == 6
+        assert ImageOps.exif_transpose(photo_file).size == (48, 64)  # shown as a portrait
+    with Image.open(first[1]) as screenshot:
+        assert screenshot.format == "PNG" and screenshot.size == (80, 45)
+    stamps = [os.stat(p).st_mtime_ns for p in first]
+    assert workload.write_images(specs, seed=0, cache_dir=tmp_path) == first
+    assert [os.stat(p).st_mtime_ns for p in first] == stamps  # reused, not drawn again
+    assert not list(tmp_path.rglob("*.part"))
+
+
+# -- levers ------------------------------------------------------------------------------------------
+
+
+def test_engine_levers_swap_and_restore():
+    from lychee_rerank import execution, pipeline, reranker
+
+    before = (execution.RowFeeder, reranker.RowFeeder, execution.free_cached_memory)
+    with levers.engine_levers(overlap=False, gc_collect=False):
+        assert execution.RowFeeder is levers.InlineRowFeeder and reranker.RowFeeder is levers.InlineRowFeeder
+        assert execution.free_cached_memory is levers.empty_cache_only
+    assert (execution.RowFeeder, reranker.RowFeeder, execution.free_cached_memory) == before
+    assert before[0] is pipeline.RowFeeder
+
+
+def test_without_overlap_rows_are_prepared_in_the_calling_thread_when_asked_for():
+    calls = []
+
+    def prepare(item):
+        calls.append((item, threading.current_thread()))
+        if item == "bad":
+            raise ValueError("cannot prepare")
+        return item.upper()
+
+    with levers.InlineRowFeeder(["a", "b", "bad"], prepare, workers=4) as feeder:
+        assert calls == []  # no look-ahead
+        assert feeder.get("b") == "B" and feeder.get("b") == "B"
+        assert calls == [("b", threading.current_thread())]  # kept until released
+        feeder.release("b")
+        assert feeder.get("b") == "B" and len(calls) == 2
+        with pytest.raises(ValueError):
+            feeder.get("bad")
+
+
+def test_worker_torch_threads_lever_sets_the_workers_count_and_leaves_the_callers():
+    import torch
+
+    from lychee_rerank.pipeline import RowFeeder
+
+    main_threads = torch.get_num_threads()
+    feeder_class = levers.feeder_with_worker_threads(RowFeeder, 1)
+    with feeder_class([1, 2, 3], lambda item: torch.get_num_threads(), workers=2) as feeder:
+        seen = [feeder.get(i) for i in (1, 2, 3)]
+    assert seen == [1, 1, 1]
+    assert torch.get_num_threads() == main_threads
+
+
+def test_no_overlap_and_worker_threads_levers_keep_the_scores(reranker, tmp_path):
+    paths = workload.write_images([workload.ImageSpec("photo", 90 + 7 * i, 60) for i in range(3)], seed=0, cache_dir=tmp_path)
+    expected = [r.score for r in reranker.rank("a cat", paths).results]
+    with levers.engine_levers(overlap=False):
+        assert [r.score for r in reranker.rank("a cat", paths).results] == expected
+        assert reranker.prepare_only("a cat", paths) == 3
+    with levers.engine_levers(worker_torch_threads=1):
+        assert [r.score for r in reranker.rank("a cat", paths, workers=2).results] == pytest.approx(expected, abs=1e-6)
+
+
+def test_workers_takes_counts_and_no_overlap_is_workers_zero():
+    parser = argparse.ArgumentParser()
+    bench.add_bench_arguments(parser)
+
+    def workers(*argv):
+        return bench.settings_from_args(parser.parse_args(list(argv))).workers
+
+    assert workers() == (None,)  # the engine's default: every CPU the process may use
+    assert workers("--workers", "3") == (3,)
+    assert workers("--workers", "1,2,1") == (1, 2)
+    assert workers("--workers", "0") == workers("--no-overlap") == (0,)
+
+
+# -- the model card's loop and the verdicts -----------------------------------------------------------
+
+
+def test_the_model_card_loop_scores_like_the_engine_within_2e_5(reranker, tmp_path):
+    from lychee_rerank.bench.baseline import ModelCardLoop
+
+    specs = [workload.ImageSpec("photo", 120, 90), workload.ImageSpec("photo", 120, 90, orientation=6),
+             workload.ImageSpec("screenshot", 160, 90, format="PNG"), workload.ImageSpec("product", 64, 64)]
+    paths = workload.write_images(specs, seed=0, cache_dir=tmp_path)
+    loop = ModelCardLoop(reranker.model, reranker.info.path, reranker.max_pixels)
+    run = loop.run("a red sneaker", paths)
+    engine = [r.score for r in reranker.rank("a red sneaker", paths).results]
+    assert max(abs(a - b) for a, b in zip(run.scores, engine)) <= 2e-5
+    assert max(run.scores) - min(run.scores) > 1e-3  # the scores differ, so the comparison can see a change
+    assert set(run.stage_s) == {"decode", "qwen_vl_utils", "processor", "forward"}
+    assert run.elapsed_s >= sum(run.stage_s.values()) > 0
+
+
+def test_the_verdict_names_preprocessing_when_the_ceiling_is_within_1_2x_of_the_rate():
+    def result(rate):
+        return {"images_per_s": rate, "scores": [0.5, 0.25, None]}
+
+    close, far = result(10.0), result(10.0)
+    measure.compare(close, {"images_per_s": 11.9}, None, on_gpu=True)
+    measure.compare(far, {"images_per_s": 12.1}, {"images_per_s": 4.0, "scores": [0.5, 0.2, 0.1]}, on_gpu=True)
+    assert close["bound_by"] == "preprocessing (CPU)" and close["ceiling_ratio"] == pytest.approx(1.19)
+    assert far["bound_by"] == "the model (GPU forward)"
+    assert far["speedup_vs_model_card"] == pytest.approx(2.5) and far["speedup_vs_model_card_runs"] == [pytest.approx(2.5)]
+    assert far["max_abs_score_diff_vs_model_card"] == pytest.approx(0.05)  # the unscored image is left out
+    repeated = {"images_per_s": 10.0, "images_per_s_runs": [12.0, 10.0, 8.0], "scores": [0.5]}
+    measure.compare(repeated, None, {"images_per_s": 5.0, "images_per_s_runs": [4.0, 5.0, 8.0], "scores": [0.5]}, on_gpu=False)
+    assert repeated["speedup_vs_model_card_runs"] == [3.0, 2.0, 1.0]  # each engine run over the loop measured beside it
 
 
 # -- the command ------------------------------------------------------------------------------------
 
 
 def _bench_argv() -> list[str]:
-    """The CLI entry point; until lychee_rerank/__main__.py exists, the module's own."""
-    if (ROOT / "lychee_rerank" / "__main__.py").exists():
-        return [sys.executable, "-m", "lychee_rerank", "bench"]
-    return [sys.executable, "-m", "lychee_rerank.bench"]
+    return [sys.executable, "-m", "lychee_rerank", "bench"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -141,58 +297,95 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_bench_on_cpu_writes_every_figure_and_the_plot(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "plot" / "bench.png"
-    proc = _run("--arch", "tiny", "--images", "4", "--size", "56,112", "--modes", "sequential,batched",
-                "--json", str(out_json), "--plot", str(out_png))
+    proc = _run("--arch", "tiny", "--images", "4", "--size", "56,112x84", "--modes", "sequential,batched", "--baseline",
+                "--image-cache", str(tmp_path / "images"), "--json", str(out_json), "--plot", str(out_png))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "speedup (batched ÷ sequential images/s)" in proc.stdout
-    assert "images/s" in proc.stdout and "ms/image" in proc.stdout
+    for column in ("images/s", "ms/image", "CPU s/image", "CPU ceiling", "× model card", "max |Δscore|", "peak RSS"):
+        assert column in proc.stdout
+    assert "preprocessing alone" in proc.stdout and "bound by" in proc.stdout
+    assert "same scores within 2e-05" in proc.stdout and "SCORES DIFFER" not in proc.stdout
 
     report = json.loads(out_json.read_text())
-    machine, model = report["machine"], report["model"]
+    machine, model, settings = report["machine"], report["model"], report["settings"]
     assert machine["accelerator"] == "cpu" and machine["gpu"] is None
-    for key in ("cpu", "torch", "transformers", "date"):
+    for key in ("cpu", "torch", "transformers", "date", "cpus_usable", "torch_threads"):
         assert machine[key]
     assert machine["date"].startswith(("20",))
     assert model["arch"] == "tiny" and model["name"] == "random tiny" and model["is_demo"] is True
     assert model["dtype"] == "float32" and model["attention"] in ("sdpa", "eager")
     assert model["parameters"] > 0 and model["vram_after_load_bytes"] is None
+    assert settings["workers"] == [machine["cpus_usable"]] and settings["preprocess"] == "exact"
+    assert settings["sizes"] == ["56", "112x84"] and settings["baseline"] is True
     assert report["peak_tflops"] is None
+    assert set(report["workloads"]) == {"56", "112x84"}
+    assert report["workloads"]["112x84"]["shapes"] == {"112x84 JPEG": 4}
 
     results = {(r["mode"], r["size"]): r for r in report["results"]}
-    assert set(results) == {(m, s) for m in ("sequential", "batched") for s in (56, 112)}
-    for (mode, size), r in results.items():
-        assert r["images"] == r["scored"] == 4 and r["errors"] == 0 and r["nan_scores"] == 0
-        assert r["images_per_s"] > 0
-        assert r["ms_per_image"] > 0 and r["ms_per_image_mean"] == pytest.approx(1000 / r["images_per_s"])
-        assert r["peak_vram_bytes"] is None and r["peak_nvml_used_bytes"] is None  # CPU: no VRAM figures
-        assert r["peak_rss_bytes"] > 50 * 2**20
-        assert r["visual_tokens_per_image"] == (size // 28) ** 2  # 56 -> 4, 112 -> 16
-        assert r["sequence_tokens_per_image"] > r["visual_tokens_per_image"]
-        assert r["resized_to"] == [size, size]
-        assert r["tflop_per_image"] > 0
-        assert r["achieved_tflops"] == pytest.approx(r["tflop_per_image"] * r["images_per_s"])
-        assert r["fraction_of_peak"] is None
-        assert r["preprocess_ms_per_image"] > 0
-        if mode == "sequential":
-            assert r["batches"] == 4 and r["max_batch_images"] == 1
-        else:
-            assert r["token_budget_start"] > 0 and r["max_batch_images"] >= 1
-    assert set(report["speedup"]) == {"56", "112"}
-    for size in (56, 112):
+    assert set(results) == {(m, s) for m in ("model card", "sequential", "batched") for s in ("56", "112x84")}
+    ceilings = {c["size"]: c for c in report["ceiling"]}
+    assert [c["workers"] for c in report["ceiling"]] == [machine["cpus_usable"]] * 2
+    for size, resized, tokens in (("56", [56, 56], 4), ("112x84", [112, 84], 12)):
+        ceiling, baseline = ceilings[size], report["baseline"][size]
+        assert ceiling["prepared"] == 4 and math.isfinite(ceiling["images_per_s"]) and ceiling["images_per_s"] > 0
+        assert baseline["scored"] == 4 and math.isfinite(baseline["images_per_s"]) and baseline["images_per_s"] > 0
+        assert set(baseline["stage_ms_per_image"]) == {"decode", "qwen_vl_utils", "processor", "forward"}
+        assert results[("model card", size)]["images_per_s"] == baseline["images_per_s"]
+        for mode in ("sequential", "batched"):
+            r = results[(mode, size)]
+            assert r["variant"] == mode and r["workers"] == machine["cpus_usable"]
+            assert r["images"] == r["scored"] == 4 and r["errors"] == 0 and r["nan_scores"] == 0
+            assert r["images_per_s"] > 0 and r["cpu_s_per_image"] > 0
+            assert r["ms_per_image"] > 0 and r["ms_per_image_mean"] == pytest.approx(1000 / r["images_per_s"])
+            assert r["peak_vram_bytes"] is None and r["peak_nvml_used_bytes"] is None  # CPU: no VRAM figures
+            assert r["peak_rss_bytes"] > 50 * 2**20
+            assert r["visual_tokens_per_image"] == tokens  # 56 -> 2×2 merged patches, 112×84 -> 4×3
+            assert r["sequence_tokens_per_image"] > r["visual_tokens_per_image"]
+            assert r["resized_to"] == resized
+            assert r["tflop_per_image"] > 0
+            assert r["achieved_tflops"] == pytest.approx(r["tflop_per_image"] * r["images_per_s"])
+            assert r["fraction_of_peak"] is None
+            assert r["preprocess_ms_per_image"] > 0
+            assert r["preprocess_ceiling_images_per_s"] == ceiling["images_per_s"]
+            assert r["bound_by"] in ("preprocessing (CPU)", "the model (CPU forward)")
+            assert r["speedup_vs_model_card"] == pytest.approx(r["images_per_s"] / baseline["images_per_s"])
+            assert r["max_abs_score_diff_vs_model_card"] <= 2e-5
+            if mode == "sequential":
+                assert r["batches"] == 4 and r["max_batch_images"] == 1
+            else:
+                assert r["token_budget_start"] > 0 and r["max_batch_images"] >= 1
+    assert set(report["speedup"]) == {"56", "112x84"}
+    for size in ("56", "112x84"):
         expected = results[("batched", size)]["images_per_s"] / results[("sequential", size)]["images_per_s"]
-        assert report["speedup"][str(size)] == pytest.approx(expected)
+        assert report["speedup"][size] == pytest.approx(expected)
     assert report["memory_run"] is None
 
     assert out_png.read_bytes()[:8] == PNG_SIGNATURE
     assert out_png.stat().st_size > 5_000
 
 
+def test_several_worker_counts_are_measured_side_by_side_each_with_its_ceiling(tmp_path, capsys):
+    out_json = tmp_path / "workers.json"
+    code = bench.main(["--arch", "tiny", "--images", "3", "--size", "56", "--modes", "batched", "--workers", "0,1",
+                       "--image-cache", str(tmp_path / "images"), "--json", str(out_json)])
+    assert code == 0
+    assert "batched, inline" in capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["workers"] == [0, 1]
+    assert [(r["variant"], r["workers"], r["scored"]) for r in report["results"]] == [
+        ("batched, inline", 0, 3), ("batched, 1 worker", 1, 3)]
+    assert [(c["workers"], c["prepared"]) for c in report["ceiling"]] == [(0, 3), (1, 3)]
+    for r, c in zip(report["results"], report["ceiling"]):
+        assert r["preprocess_ceiling_images_per_s"] == c["images_per_s"] > 0
+
+
 def test_bench_is_wired_into_the_cli():
     proc = _run("--help")
     assert proc.returncode == 0, proc.stderr
     for option in ("--arch", "--model", "--images", "--size", "--modes", "--json", "--plot", "--memory-run",
-                   "--report-every", "--token-budget", "--attention", "--max-pixels"):
+                   "--report-every", "--token-budget", "--attention", "--max-pixels", "--workers", "--preprocess",
+                   "--baseline", "--no-overlap", "--no-gc", "--quantize"):
         assert option in proc.stdout
 
 
@@ -202,7 +395,8 @@ def test_memory_run_reports_every_n_images_and_stays_flat(tmp_path, capsys):
     cuda = torch.cuda.is_available()  # in-process: the tiny model goes where the engine would put it
     out_json, out_png = tmp_path / "memory.json", tmp_path / "memory.png"
     code = bench.main(["--arch", "tiny", "--memory-run", "6", "--report-every", "2", "--size", "56",
-                       "--modes", "batched", "--token-budget", "120", "--json", str(out_json), "--plot", str(out_png)])
+                       "--modes", "batched", "--token-budget", "120", "--image-cache", str(tmp_path / "images"),
+                       "--json", str(out_json), "--plot", str(out_png)])
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.count("[batched 56 px]") == 3 and ("peak VRAM" if cuda else "peak RSS") in printed
@@ -210,10 +404,11 @@ def test_memory_run_reports_every_n_images_and_stays_flat(tmp_path, capsys):
     report = json.loads(out_json.read_text())
     assert report["results"] == [] and report["memory_run"]["report_every"] == 2
     (run,) = report["memory_run"]["runs"]
-    assert (run["mode"], run["size"], run["images"], run["scored"]) == ("batched", 56, 6, 6)
+    assert (run["mode"], run["size"], run["images"], run["scored"]) == ("batched", "56", 6, 6)
     assert run["memory_measure"] == ("peak_vram_bytes" if cuda else "peak_rss_bytes")
     assert [row["done"] for row in run["series"]] == [2, 4, 6]  # 120 tokens: one image per forward
     assert all(row["peak_rss_bytes"] > 0 and (row["peak_vram_bytes"] is not None) == cuda for row in run["series"])
+    assert run["peak_rss_bytes"] == max(row["peak_rss_bytes"] for row in run["series"])
     assert run["flat"] is True
     assert out_png.read_bytes()[:8] == PNG_SIGNATURE
 
@@ -221,11 +416,16 @@ def test_memory_run_reports_every_n_images_and_stays_flat(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--size", "448,abc"], "--size takes whole numbers"),
+        (["--size", "448,abc"], "--size takes a square side (448), WIDTHxHEIGHT (4032x3024) or mixed"),
+        (["--size", "4032x"], "--size takes a square side"),
         (["--size", "10"], "out of range"),
+        (["--size", "640x99999"], "out of range"),
         (["--modes", "fast"], "--modes takes"),
         (["--images", "0"], "--images must be a positive number"),
+        (["--workers", "-1"], "--workers takes 0 (inline) or positive numbers"),
+        (["--workers", "two"], "--workers takes 0 (inline) or positive numbers"),
         (["--plot", "out.jpg"], "ending in .png"),
+        (["--quantize", "8bit"], "--quantize applies to a checkpoint"),
         (["--model", "/no/such/model"], "model directory not found"),
     ],
 )
@@ -235,6 +435,19 @@ def test_user_errors_are_one_line_without_traceback(argv, message, capsys):
     assert code in (1, 2)
     assert err.startswith("lychee-rerank bench: ") and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_quantize_says_so_when_the_engine_cannot_quantize(capsys, monkeypatch):
+    from lychee_rerank.reranker import Reranker
+
+    def load_without_quantize(model=None, *, dtype="auto", attention="auto", device_map="auto", min_pixels=0, max_pixels=0):
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(Reranker, "load", load_without_quantize)
+    assert bench.main(["--model", "demo", "--quantize", "4bit"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "lychee-rerank bench: --quantize needs an engine whose Reranker.load takes quantize=, and this one does not"
+    )
 
 
 def test_full_size_arch_needs_a_gpu(capsys, monkeypatch):
@@ -256,27 +469,12 @@ def test_arch_and_model_are_mutually_exclusive(capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_engine_levers_swap_and_restore():
-    from lychee_rerank import execution
-
-    before = (execution.ThreadPoolExecutor, execution.free_cached_memory)
-    with bench.engine_levers(overlap=False, gc_collect=False):
-        assert execution.ThreadPoolExecutor is bench._InlineExecutor
-        assert execution.free_cached_memory is bench._empty_cache_only
-        with execution.ThreadPoolExecutor(max_workers=1) as pool:
-            assert pool.submit(lambda x: x + 1, 1).result() == 2
-            failed = pool.submit(lambda: 1 / 0)
-        with pytest.raises(ZeroDivisionError):
-            failed.result()
-    assert (execution.ThreadPoolExecutor, execution.free_cached_memory) == before
-
-
 def test_median_run_keeps_the_middle_run_and_the_highest_peaks():
     def run(rate, rss, tag):
         return {"images_per_s": rate, "peak_vram_bytes": None, "peak_nvml_used_bytes": None,
                 "peak_rss_bytes": rss, "errors": 0, "tag": tag}
 
-    chosen = bench.median_run([run(3.0, 10, "a"), run(1.0, 30, "b"), run(2.0, 20, "c")])
+    chosen = measure.median_run([run(3.0, 10, "a"), run(1.0, 30, "b"), run(2.0, 20, "c")])
     assert chosen["tag"] == "c" and chosen["images_per_s"] == 2.0
     assert chosen["repeats"] == 3 and chosen["images_per_s_runs"] == [3.0, 1.0, 2.0]
     assert chosen["peak_rss_bytes"] == 30 and chosen["peak_vram_bytes"] is None
