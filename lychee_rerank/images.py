@@ -324,6 +324,8 @@ def probe_image(source: ImageSource) -> ImageSize:
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB; transparency is composited on white."""
     mode = image.mode
+    if mode == "RGB":
+        return image  # no copy: a 12-MP photo's copy costs more than its decoding
     if mode == "P" or mode == "PA":
         image = image.convert("RGBA")
         mode = image.mode
