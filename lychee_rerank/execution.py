@@ -36,8 +36,6 @@ MEMORY_SHARE = 0.6
 ESTIMATE_SAFETY = 2.0
 MAX_BATCH_IMAGES = 64
 MAX_TOKENS_CUDA = 128 * 1024
-# CPU forwards gain little from big batches; keep progress updates frequent.
-MAX_TOKENS_CPU = 8 * 1024
 # A budget ceiling set by an out-of-memory is lifted after this many successes in a row: OOMs on a
 # shared GPU are often transient (another process's peak).
 FORGET_CEILING_AFTER = 12
@@ -92,11 +90,13 @@ def activation_bytes_per_token(config, dtype_bytes: int) -> float:
 
 
 def initial_token_budget(device, config, dtype_bytes: int) -> int:
-    """Tokens per batch that fit in the memory left after loading the model."""
+    """Tokens per batch that fit in the memory left after loading the model. On CPU, one image per
+    forward: batching buys nothing there and padding costs (measured, docs/benchmarks.md)."""
+    if getattr(device, "type", None) != "cuda":
+        return 1
     free = free_device_bytes(device)
     budget = int(free * MEMORY_SHARE / activation_bytes_per_token(config, dtype_bytes))
-    cap = MAX_TOKENS_CUDA if getattr(device, "type", None) == "cuda" else MAX_TOKENS_CPU
-    return max(1, min(budget, cap))
+    return max(1, min(budget, MAX_TOKENS_CUDA))
 
 
 class TokenBudget:

@@ -32,6 +32,9 @@ def model_card_image(source: ImageSource | Image.Image, reduce_to: tuple[int, in
     from qwen_vl_utils import fetch_image
 
     image = load_image(source) if reduce_to is None else load_image(source, reduce_to=reduce_to)
+    if image.mode == "RGB" and image.size == model_card_size(*image.size):
+        # fetch_image would only copy it twice (to_rgb, then a resize to the same size): the same pixels.
+        return image
     return fetch_image({"image": image})
 
 
