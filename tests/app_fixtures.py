@@ -116,7 +116,6 @@ def streamlit_server(env_overrides: dict[str, str] | None = None, log_path: Path
             "--server.address", "127.0.0.1",
             "--server.port", str(port),
             "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none",
         ],
         cwd=ROOT,
         env=env,

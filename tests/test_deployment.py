@@ -511,3 +511,20 @@ def test_streamlit_config_hides_error_details_from_the_page():
     assert value in {o.value for o in ShowErrorDetailsConfigOptions}, value
     assert value == ShowErrorDetailsConfigOptions.NONE.value, value
     assert _streamlit_settings().get("client.toolbarMode") == "minimal"
+
+
+def test_streamlit_config_turns_off_file_watching():
+    """`streamlit run app.py` from the project folder (the README's command, the image's CMD) watches
+    no files: Streamlit's watcher would follow the whole folder, the `.venv` inside it included."""
+    probe = (
+        "from streamlit import config\n"
+        "config.get_config_options(force_reparse=True)\n"
+        "from streamlit.watcher import path_watcher\n"
+        "print(config.get_option('server.fileWatcherType'), "
+        "path_watcher.get_default_path_watcher_class().__name__)\n"
+    )
+    out = _run([sys.executable, "-c", probe], cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["none", "NoOpPathWatcher"], out.stdout
+    elsewhere = _run([sys.executable, "-c", probe], cwd=ROOT / "tests")  # no config file there: the default
+    assert elsewhere.stdout.split()[0] == "auto", elsewhere.stdout
