@@ -114,9 +114,10 @@ def unescape(markdown: str) -> str:
 
 
 def cards(at: AppTest) -> list[tuple[int, float, str]]:
-    """Gallery cards in page order: (rank, score, file name); the name is the button opening the viewer."""
+    """Gallery cards in page order: (rank, score, file name). The name is the button opening the viewer:
+    the file's own name, with its folder in the tooltip when it has one."""
     scores = [(int(m[1]), float(m[2])) for m in (CARD.fullmatch(md.value) for md in at.markdown) if m]
-    names = [unescape(b.label) for b in at.button if b.key and b.key.startswith("view_")]
+    names = [unescape(b.help or b.label) for b in at.button if b.key and b.key.startswith("view_")]
     return [(r, s, n) for (r, s), n in zip(scores, names)]
 
 
@@ -518,7 +519,7 @@ def test_server_folder_outside_the_data_folder_or_missing_is_one_sentence(data_d
 def test_server_folder_is_not_offered_without_a_data_folder(app, monkeypatch):
     monkeypatch.delenv("LYCHEE_DATA_DIR", raising=False)
     app.run()
-    assert app.radio(key="upload_source__en").options == ["Files", "Folder"]
+    assert app.radio(key="upload_source__en").options == ["Uploaded files", "Uploaded folder"]
 
 
 # -- access: the model allow-list -------------------------------------------------------------------

@@ -80,12 +80,14 @@ def _viewer(run: Run, shown: Sequence[ImageResult]) -> None:
         if result.visual_tokens:
             details.append(t("tokens_unit", n=result.visual_tokens))
         details.append(t("viewer_position", n=position + 1, total=len(order)))
-        middle.markdown(f"**{fmt.md_escape(item.name)}**  \n" + " · ".join(details))
-        st.caption(t("full_view_note", px=media.FULL_VIEW_SIDE))
-        st.download_button(
-            t("download_original"), data=media.original_bytes(item), file_name=media.download_name(item.name),
-            mime=media.mime_type(item.name), on_click="ignore", key="viewer_original", icon=":material/download:",
-        )
+        with middle:
+            st.markdown(f"**{fmt.md_escape(item.name)}**  \n" + " · ".join(details),
+                        help=t("full_view_note", px=media.FULL_VIEW_SIDE))
+            st.download_button(
+                t("download_original"), data=media.original_bytes(item), file_name=media.download_name(item.name),
+                mime=media.mime_type(item.name), on_click="ignore", key="viewer_original",
+                icon=":material/download:", type="tertiary",
+            )
 
     dialog()
 
@@ -119,9 +121,12 @@ def _gallery(run: Run, shown: Sequence[ImageResult], ncols: int, per_page: int) 
             with column.container(border=True, key=f"card_{result.index}"):
                 st.image(media.card_thumb(item) or media.blank_card(), width="stretch")
                 st.markdown(t("card_score", rank=result.rank, score=f"{result.score:.4f}"))
-                # The name opens the viewer; one line, cut with an ellipsis (the browser shows it all on hover).
-                st.button(fmt.md_escape(item.name), key=f"view_{result.index}", icon=":material/open_in_full:",
-                          type="tertiary", wrap=False, width="stretch", on_click=_open_viewer, args=(result.index,))
+                # The file's name opens the viewer: one line, cut with an ellipsis. Hovering shows it whole
+                # (the browser does that for a cut label), with its folder when it has one.
+                own_name = media.download_name(item.name)
+                st.button(fmt.md_escape(own_name), key=f"view_{result.index}", icon=":material/open_in_full:",
+                          type="tertiary", wrap=False, width="stretch", on_click=_open_viewer, args=(result.index,),
+                          help=fmt.md_escape(item.name) if own_name != item.name else None)
     if pages > 1:
         _pager(pages, "bottom", "top", layout)
 
