@@ -2,11 +2,14 @@
 .streamlit/config.toml) driven by Playwright through Debian's Chromium.
 
 - upload three images, type a mixed query, Rank, read the gallery, open the viewer and step through
-  it with the keyboard, download the CSV and a ZIP, visit the GPU monitor; the page fetches nothing
-  from outside the server and the chart logs no warning;
+  it with the keyboard, download the CSV and a ZIP, clear (the uploads leave the server's memory),
+  visit the GPU monitor; the page fetches nothing from outside the server and the chart logs no
+  warning;
 - rank a folder on the server ($LYCHEE_DATA_DIR) without uploading anything;
 - a model name that is not on the allow-list is refused in one sentence;
-- closing the tab of a running 1,000-image run frees the model within 10 seconds.
+- closing the tab of a running 1,000-image run frees the model within 10 seconds;
+- the uploads of a closed tab leave the server's memory once its session has ended (nothing in the
+  app keeps them).
 
 Screenshots land in artifacts/ (gitignored) for CI to keep."""
 
@@ -16,6 +19,7 @@ import csv
 import io
 import re
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -65,7 +69,12 @@ def data_dir(tmp_path_factory):
 def server(demo_cache, data_dir):
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "browser-failure.png").unlink(missing_ok=True)
-    env = {"LYCHEE_CACHE": str(demo_cache), "LYCHEE_DATA_DIR": str(data_dir)}
+    env = {
+        "LYCHEE_CACHE": str(demo_cache),
+        "LYCHEE_DATA_DIR": str(data_dir),
+        # a closed tab's session is kept 2 s for a reconnect (default 2 minutes): then it has ended
+        "STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": "2",
+    }
     with streamlit_server(env, log_path=ARTIFACTS / "streamlit-server.log") as url:
         yield url
 
@@ -156,6 +165,13 @@ def test_rank_three_uploads_view_them_and_download_csv_and_zip(server, page, tmp
     by_name = {p.name: p for p in images}
     assert archive.read(archive.namelist()[0]) == by_name[names_in_gallery[0]].read_bytes()
 
+    held = uploaded_bytes(server)
+    page.get_by_role("button", name="Clear results and images").click()
+    expect(page.get_by_role("heading", name="Results")).to_have_count(0)
+    expect(page.get_by_text("3 images selected")).to_have_count(0)  # the uploader is empty again
+    released = sum(p.stat().st_size for p in images)
+    assert wait_for(lambda: held - uploaded_bytes(server) >= released), "the server still holds the uploads"
+
     page.get_by_role("link", name="GPU monitor").click()
     page.get_by_role("heading", name="GPU monitor").wait_for()
     page.get_by_test_id("stMetric").first.wait_for()
@@ -223,4 +239,43 @@ def test_closing_the_tab_stops_its_run_within_10_seconds(page, server, browser):
         freed_after = time.monotonic() - closed_at
     finally:
         watcher.context.close()
+    print(f"the model was free {freed_after:.1f} s after the tab was closed")
     assert freed_after < 10, f"the model was still busy {freed_after:.1f} s after the tab was closed"
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
+
+
+def uploaded_bytes(server: str) -> int:
+    """What Streamlit's upload manager holds, from the server's own metrics endpoint (which caches
+    this figure for 5 s)."""
+    with urllib.request.urlopen(f"{server}/_stcore/metrics", timeout=10) as response:
+        text = response.read().decode()
+    lines = [line for line in text.splitlines() if "UploadedFileManager" in line and not line.startswith("#")]
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines)
+
+
+def test_a_closed_tabs_uploads_leave_the_server(page, server, browser, tmp_path):
+    images = write_scenes(tmp_path / "images", 3, width=640, height=480)
+    uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images to rank")
+    uploader.locator("input[type=file]").set_input_files([str(p) for p in images])
+    page.get_by_text("3 images selected").wait_for()
+    assert uploaded_bytes(server) >= sum(p.stat().st_size for p in images)
+
+    page.context.close()
+    other = browser.new_context(locale="en-US").new_page()
+    try:
+        deadline = time.monotonic() + 60
+        while uploaded_bytes(server) and time.monotonic() < deadline:
+            time.sleep(2)
+            other.goto(server, timeout=60_000)  # Streamlit drops expired sessions when others come and go
+            other.get_by_role("button", name="Rank images").wait_for(timeout=60_000)
+    finally:
+        other.context.close()
+    assert uploaded_bytes(server) == 0
