@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/app_screenshots.py [--out docs/screenshots]
 
-Ranks ten test scenes from a server folder in English and in Chinese, and writes rerank-{en,zh}.png,
-viewer-en.png and gpu-monitor-{en,zh}.png. Chinese text needs a CJK font (Debian: fonts-noto-cjk).
+Ranks ten test scenes and a tall poster from a server folder in English and in Chinese, and writes
+rerank-{en,zh}.png, viewer-en.png (the poster, fitted to the window) and gpu-monitor-{en,zh}.png.
+Chinese text needs a CJK font (Debian: fonts-noto-cjk).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from app_fixtures import CHROMIUM, CHROMIUM_ARGS, streamlit_server, write_scenes  # noqa: E402
+from app_fixtures import CHROMIUM, CHROMIUM_ARGS, encode, scene, streamlit_server, write_scenes  # noqa: E402
 
 LABELS = {
     "en": dict(locale="en-US", query="Query", rank="Rank images", server="Folder on the server",
@@ -48,7 +49,7 @@ def shoot(url: str, browser, lang: str, out: Path) -> None:
     page.screenshot(path=out / f"rerank-{lang}.png")
     if lang == "en":
         page.set_viewport_size({"width": 1400, "height": 900})
-        page.get_by_role("button", name=re.compile(r"^scene_\d+")).first.click()
+        page.get_by_role("button", name="poster.jpg").click()
         page.get_by_role("dialog").wait_for()
         time.sleep(2)
         page.screenshot(path=out / "viewer-en.png")
@@ -69,6 +70,7 @@ def main() -> None:
 
     data = Path(tempfile.mkdtemp(prefix="lychee-shots-")) / "data"
     write_scenes(data / "photos", 10)
+    (data / "photos" / "poster.jpg").write_bytes(encode(scene(4, 706, 3348), "JPEG"))
     args.out.mkdir(parents=True, exist_ok=True)
     with streamlit_server({"LYCHEE_DATA_DIR": str(data)}) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
