@@ -21,14 +21,15 @@ import pytest
 import streamlit as st
 from streamlit.proto.Common_pb2 import FileURLs
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import encode, scene
 from lychee_rerank import DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, ImageResult, Progress, Ranking, Reranker, gpu, ranked
 from lychee_rerank.gpu import GpuReading
-from ui import media
+from lychee_rerank.inputs import FoundImages
+from ui import media, sources
 from ui import model as model_ui
 from ui import results as results_ui
 from ui import state as run_state
@@ -456,6 +457,11 @@ def data_dir(tmp_path, monkeypatch):
     outside = tmp_path / "private.png"
     outside.write_bytes(encode(scene(5)))
     (photos_dir / "link.png").symlink_to(outside)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "salaries.png").write_bytes(encode(scene(6)))
+    (secret / "passwords.txt").write_text("x")
+    (photos_dir / "linked").symlink_to(secret, target_is_directory=True)
     monkeypatch.setenv("LYCHEE_DATA_DIR", str(root))
     return root
 
@@ -474,6 +480,7 @@ def test_server_folder_is_ranked_from_disk_without_upload(data_dir, app, downloa
     reasons = dict(zip(skipped["File"], skipped["Why"]))
     assert reasons["photos/notes.txt"] == "not an image"
     assert reasons["photos/link.png"] == "a link to a file outside the data folder"
+    assert not [name for name in reasons if "salaries" in name or "passwords" in name]  # not even listed
 
     app.text_input(key="query").set_value(QUERY)
     app.button(key="rank_button").click().run()
@@ -484,6 +491,20 @@ def test_server_folder_is_ranked_from_disk_without_upload(data_dir, app, downloa
     assert all(isinstance(item.source, str) and item.source.startswith(str(data_dir)) for item in run.items)
     assert sorted(n for _, _, n in cards(app)) == ["photos/2024/c.webp", "photos/a.png", "photos/b.jpg"]
     assert sorted(row["file"] for row in csv_rows(downloads)) == ["photos/2024/c.webp", "photos/a.png", "photos/b.jpg"]
+
+
+def test_a_link_to_a_folder_outside_is_one_skipped_entry(data_dir, monkeypatch):
+    """Whatever the folder walk finds through a link leading out of the data folder (a walk that
+    follows links lists its files) is neither ranked nor listed by name."""
+    linked = data_dir / "photos" / "linked"
+    walked = FoundImages(
+        images=[str(data_dir / "photos" / "a.png"), str(linked / "salaries.png")],
+        skipped=[(str(linked / "passwords.txt"), "not an image")],
+    )
+    monkeypatch.setattr(sources, "find_images", lambda paths: walked)
+    found = sources.scan(data_dir / "photos", data_dir)
+    assert [item.name for item in found.items] == ["photos/a.png"]
+    assert found.skipped == [("photos/linked", "a link to a folder outside the data folder")]
 
 
 def test_server_folder_accepts_an_absolute_path_and_rescans(data_dir, app):

@@ -69,7 +69,9 @@ def _identity(path: Path, stat: os.stat_result) -> str:
 
 
 def scan(folder: Path, root: Path) -> ServerImages:
-    """Every image under ``folder`` (recursively), named relative to ``root``."""
+    """Every image under ``folder`` (recursively), named relative to ``root``. Whatever lies outside
+    ``root`` through a symbolic link is neither read nor listed: a link to a folder outside is one
+    skipped entry, not the names of the files in it."""
 
     def shown(path: str | Path) -> str:
         return os.path.relpath(path, root)
@@ -79,11 +81,11 @@ def scan(folder: Path, root: Path) -> ServerImages:
     except (InputPathError, OSError) as exc:
         raise FolderError(f"the folder {shown(folder)} cannot be read ({exc})") from exc
     result = ServerImages(folder=shown(folder))
+    outside = _OutsideLinks(root)
     for path in found.images:
-        real = Path(path).resolve()
-        if not _inside(real, root):
-            result.skipped.append((shown(path), "a link to a file outside the data folder"))
+        if outside.reported(shown(path), result.skipped):
             continue
+        real = Path(path).resolve()
         try:
             stat = real.stat()
         except OSError as exc:
@@ -91,5 +93,37 @@ def scan(folder: Path, root: Path) -> ServerImages:
             continue
         result.items.append(Item(shown(path), _identity(real, stat), str(real)))
         result.total_bytes += stat.st_size
-    result.skipped.extend((shown(path), reason) for path, reason in found.skipped)
+    for path, reason in found.skipped:
+        if not outside.reported(shown(path), result.skipped):
+            result.skipped.append((shown(path), reason))
     return result
+
+
+class _OutsideLinks:
+    """Finds the link through which a path leaves the data folder, and reports each link once."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._resolved: dict[str, bool] = {}  # path relative to root -> lies inside root
+        self._reported: set[str] = set()
+
+    def _exit(self, relative: str) -> str | None:
+        parts = Path(relative).parts
+        for depth in range(1, len(parts) + 1):
+            prefix = os.path.join(*parts[:depth])
+            if prefix not in self._resolved:
+                self._resolved[prefix] = _inside((self.root / prefix).resolve(), self.root)
+            if not self._resolved[prefix]:
+                return prefix
+        return None
+
+    def reported(self, relative: str, skipped: list[tuple[str, str]]) -> bool:
+        """True when ``relative`` lies outside the data folder (its link is then in ``skipped``)."""
+        link = self._exit(relative)
+        if link is None:
+            return False
+        if link not in self._reported:
+            self._reported.add(link)
+            what = "folder" if link != relative else "file"
+            skipped.append((link, f"a link to a {what} outside the data folder"))
+        return True
