@@ -19,6 +19,7 @@ from unittest.mock import patch
 
 import pytest
 import streamlit as st
+from PIL import Image
 from streamlit.proto.Common_pb2 import FileURLs
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.runtime.pages_manager import PagesManager
@@ -720,3 +721,12 @@ def test_with_login_configured_nothing_shows_before_logging_in(demo_cache):
     at.run()
     assert any(b.key == "rank_button" for b in at.button)
     assert at.button(key="logout").label == "Log out ada@example.org"
+
+
+def test_a_thin_strip_has_a_visible_thumbnail():
+    """A 10000×10 image would shrink to 256×0 in a card: the card shows its middle part instead."""
+    strip = Item("strip.png", "strip-digest", encode(Image.new("RGB", (10_000, 10), (20, 120, 200))))
+    card = Image.open(io.BytesIO(media.card_thumb(strip))).convert("RGB")
+    column = [card.getpixel((card.width // 2, y)) for y in range(card.height)]
+    blue_rows = [y for y, (r, g, b) in enumerate(column) if b > 150 and r < 100]
+    assert len(blue_rows) >= 3, f"{len(blue_rows)} visible rows of the strip in a {card.size} card"

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from app_fixtures import CHROMIUM, CHROMIUM_ARGS, ROOT, encode, scene, streamlit_server, write_scenes
+from app_fixtures import CHROMIUM, CHROMIUM_ARGS, ROOT, streamlit_server, write_scenes
 
 ARTIFACTS = ROOT / "artifacts"
 QUERY = "海边日落 sunset over the sea"

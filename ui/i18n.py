@@ -218,7 +218,6 @@ STRINGS: dict[str, tuple[str, str]] = {
     "previous": ("Previous", "上一张"),
     "next": ("Next", "下一张"),
     "viewer_position": ("{n} of {total} shown", "显示中的第 {n} / {total} 张"),
-    "view": ("View", "查看"),
     "full_view": ("Full-size view", "原图查看"),
     "full_view_note": (
         "Fitted to the window (at most {px} px on its longer side). ← and → show the previous and next image.",
