@@ -4,20 +4,24 @@
     streamlit run app.py                            # the real vec-ai/lychee-rerank-mm
 
 Pages: Rerank (default) and GPU monitor. The sidebar holds the language switch and the model (loaded
-once per process, keyed by model and dtype; see ui/model.py).
+once per process, keyed by model and dtype, and only from the server's allow-list; see ui/model.py).
+When Streamlit's login is configured, nothing is shown before the user logs in (ui/auth.py).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import i18n
+from ui import auth, i18n
 from ui import model as model_ui
 from ui.i18n import t
 
-st.set_page_config(page_title="Lychee rerank", page_icon=":material/image_search:", layout="wide")
+# An emoji tab icon: drawn by the browser. A Material icon here would be fetched from a font CDN,
+# which fails offline and tells a third party who opens the app.
+st.set_page_config(page_title="Lychee rerank", page_icon="🔎", layout="wide")
 
 i18n.language_selector()
+auth.require_login()
 
 pages = [
     st.Page("pages/rerank.py", title=t("nav_rerank"), icon=":material/sort:", default=True, url_path="rerank"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import deque
 from datetime import datetime
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -30,14 +31,27 @@ def _history(key: str) -> deque:
 
 
 def _chart(history: deque, labels: dict[str, str]) -> None:
+    """GB over the last minutes. The x axis has a fixed domain: a scale computed from the data is
+    undefined for a moment whenever the chart's data is replaced (Vega then logs "Infinite extent")."""
     if len(history) < 2:
         return
     frame = pd.DataFrame(list(history))
     now = datetime.now()
     frame["seconds"] = [round((stamp - now).total_seconds(), 1) for stamp in frame.pop("time")]
-    frame = frame.set_index("seconds").rename(columns=labels)
+    long = frame.melt("seconds", var_name="series", value_name="GB")
+    long["series"] = long["series"].map(labels)
+    chart = (
+        alt.Chart(long)
+        .mark_line()
+        .encode(
+            x=alt.X("seconds:Q", title=t("seconds_ago"), scale=alt.Scale(domain=[-HISTORY_LEN * REFRESH_S, 0])),
+            y=alt.Y("GB:Q", title="GB", scale=alt.Scale(domainMin=0)),
+            color=alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom")),
+        )
+        .properties(height=220)
+    )
     st.caption(t("history", n=len(history)))
-    st.line_chart(frame, height=220, x_label=t("seconds_ago"), y_label="GB")
+    st.altair_chart(chart, width="stretch")
 
 
 def _free_memory() -> None:
@@ -48,10 +62,13 @@ def _run_status() -> None:
     run = st.session_state.get(SESSION_KEY)
     if run is None or not run.running:
         return
-    run.touch()  # a run watched from this page is not orphaned
     with run.lock:
         event, total, already = run.progress, len(run.items), run.already_scored
-    progress = event.describe() if event else t("starting")
+        waiting, place = run.waiting, run.queue_position
+    if waiting:
+        progress = t("waiting_place", n=place) if place else t("waiting")
+    else:
+        progress = event.describe() if event else t("starting")
     if event is not None and already:
         progress = f"{already + event.done}/{total} · {progress}"
     st.info(t("run_in_progress", progress=progress), icon=":material/sort:")

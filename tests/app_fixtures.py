@@ -102,8 +102,9 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) -> 
 
 
 @contextmanager
-def streamlit_server(env_overrides: dict[str, str] | None = None, log_path: Path | None = None):
-    """`streamlit run app.py` on a free loopback port with the demo model; yields the base URL."""
+def streamlit_server(env_overrides: dict[str, str] | None = None, log_path: Path | None = None, cwd: Path = ROOT):
+    """`streamlit run app.py` in ``cwd`` (a checkout; its .streamlit/config.toml applies) on a free
+    loopback port with the demo model; yields the base URL."""
     port = free_port()
     env = dict(os.environ)
     env.update({"LYCHEE_MODEL": "demo", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
@@ -116,9 +117,8 @@ def streamlit_server(env_overrides: dict[str, str] | None = None, log_path: Path
             "--server.address", "127.0.0.1",
             "--server.port", str(port),
             "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none",
         ],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -8,21 +8,32 @@ page's live fragment would.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 import threading
 import time
+import zipfile
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.proto.Common_pb2 import FileURLs
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import encode, scene
-from lychee_rerank import DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, Reranker, gpu
+from lychee_rerank import DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, ImageResult, Progress, Ranking, Reranker, gpu, ranked
 from lychee_rerank.gpu import GpuReading
+from lychee_rerank.inputs import FoundImages
+from ui import media, sources
 from ui import model as model_ui
+from ui import results as results_ui
+from ui import state as run_state
 from ui.state import Item, QueryKey, Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,10 +111,15 @@ def rank(at: AppTest, files, query: str = QUERY) -> None:
     wait_for_run(at)
 
 
+def unescape(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def cards(at: AppTest) -> list[tuple[int, float, str]]:
-    """Gallery cards in page order: (rank, score, file name)."""
+    """Gallery cards in page order: (rank, score, file name). The name is the button opening the viewer:
+    the file's own name, with its folder in the tooltip when it has one."""
     scores = [(int(m[1]), float(m[2])) for m in (CARD.fullmatch(md.value) for md in at.markdown) if m]
-    names = [c.value.replace("\\", "") for c in at.caption if c.value.replace("\\", "").startswith("photo_")]
+    names = [unescape(b.help or b.label) for b in at.button if b.key and b.key.startswith("view_")]
     return [(r, s, n) for (r, s), n in zip(scores, names)]
 
 
@@ -145,6 +161,10 @@ def test_rank_three_images_gallery_table_and_csv(app, downloads, rank_calls):
     assert list(table["file"]) == [n for _, _, n in gallery]
     assert list(table["rank"]) == [1, 2, 3]
     assert all(str(uri).startswith("data:image/jpeg;base64,") for uri in table["preview"])
+    # the file's own size (photo_i is 96+16i × 72), the model's input size in a column of its own
+    assert dict(zip(table["file"], table["size"])) == {f"photo_{i}.png": f"{96 + 16 * i}×72" for i in range(3)}
+    assert "model_size" in table.columns
+    assert [row["width"] for row in sorted(rows, key=lambda r: r["file"])] == ["96", "112", "128"]
     assert rank_calls == [3]  # switching the view scored nothing again
 
 
@@ -259,9 +279,10 @@ def test_a_failing_run_is_one_sentence(app, monkeypatch):
 def test_file_names_are_shown_as_text(app):
     name = "[click](javascript:alert(1)) <img src=x onerror=alert(2)> *$x$*.png"
     rank(app, [(name, encode(scene(1)), "image/png")])
-    caption = next(c.value for c in app.caption if "click" in c.value)
-    assert "\\[click\\]\\(javascript\\:alert\\(1\\)\\)" in caption
-    assert "\\<img" in caption and "\\$x\\$" in caption and "\\*" in caption
+    label = next(b.label for b in app.button if b.key == "view_0")
+    assert "\\[click\\]\\(javascript\\:alert\\(1\\)\\)" in label
+    assert "\\<img" in label and "\\$x\\$" in label and "\\*" in label
+    assert unescape(label) == name
     sources = [ROOT / "app.py", *ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py")]
     assert not any("unsafe_allow_html=True" in p.read_text() for p in sources)
 
@@ -339,18 +360,25 @@ def test_model_that_cannot_load_offers_the_demo(app, monkeypatch):
     assert not at.button(key="rank_button").disabled
 
 
-def test_query_image_alone_ranks_and_a_broken_one_is_a_sentence(app, rank_calls):
-    app.file_uploader(key="query_image_upload").set_value(("query.png", encode(scene(0)), "image/png"))
+def test_query_image_alone_ranks(app, rank_calls):
+    app.file_uploader(key="query_image_upload").set_value(("query.png", encode(scene(0)), "image/png")).run()
+    assert any(i.captions == ["Query image"] for i in app.image)  # previewed as soon as it is uploaded
     rank(app, photos(2), query="")
     assert rank_calls == [2] and len(cards(app)) == 2
 
+
+def test_a_broken_query_image_is_a_sentence_at_upload_and_keeps_the_results(app, rank_calls):
+    rank(app, photos(2))
+    before = app.session_state["run"]
     app.file_uploader(key="query_image_upload").set_value(("query.png", b"garbage", "image/png")).run()
-    assert any("previous query" in w.value and "the query image" in w.value for w in app.warning)
-    app.button(key="rank_button").click().run()
-    wait_for_run(app)
     errors = [e.value for e in app.error]
-    assert len(errors) == 1 and errors[0].startswith("Cannot rank: The query image cannot be used")
-    assert not app.exception
+    assert errors == ["This query image cannot be used: Not an image, or an image format that cannot be read. "
+                      "Upload another one, or remove it."]
+    app.button(key="rank_button").click().run()
+    assert any("The query image cannot be used" in w.value for w in app.warning)
+    assert app.session_state["run"] is before and len(cards(app)) == 2  # the results are still there
+    assert not any(b.key == "resume_button" for b in app.button)
+    assert rank_calls == [2] and not app.exception
 
 
 def test_a_run_waits_for_another_session_on_the_same_model(reranker):
@@ -404,7 +432,7 @@ def test_live_panel_shows_waiting_progress_stop_and_memory(app, reranker, monkey
             time.sleep(0.02)
         app.run()  # what the live fragment shows a second later
         assert run.running
-        assert app.get("progress")[0].text == "Waiting for another run on this model to finish…"
+        assert app.get("progress")[0].text.startswith("Waiting for")  # the place: see the queue test below
         assert app.button(key="rank_button").disabled
         assert any("No NVIDIA GPU — running on CPU" in c.value for c in app.caption)
         app.button(key="stop_button").click().run()
@@ -415,3 +443,290 @@ def test_live_panel_shows_waiting_progress_stop_and_memory(app, reranker, monkey
     app.run()
     assert any("Stopped: 0 of 2 images scored" in i.value for i in app.info)
     assert app.button(key="resume_button").label == "Resume: rank the 2 not scored yet"
+
+
+# -- server folders ---------------------------------------------------------------------------------
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """$LYCHEE_DATA_DIR with photos/ (3 images, one in a subfolder, a text file) and a link leading out."""
+    root = tmp_path / "data"
+    photos_dir = root / "photos"
+    (photos_dir / "2024").mkdir(parents=True)
+    for i, path in enumerate([photos_dir / "a.png", photos_dir / "b.jpg", photos_dir / "2024" / "c.webp"]):
+        path.write_bytes(encode(scene(i), {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}[path.suffix]))
+    (photos_dir / "notes.txt").write_text("not a picture")
+    outside = tmp_path / "private.png"
+    outside.write_bytes(encode(scene(5)))
+    (photos_dir / "link.png").symlink_to(outside)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "salaries.png").write_bytes(encode(scene(6)))
+    (secret / "passwords.txt").write_text("x")
+    (photos_dir / "linked").symlink_to(secret, target_is_directory=True)
+    monkeypatch.setenv("LYCHEE_DATA_DIR", str(root))
+    return root
+
+
+def use_server_folder(at: AppTest, folder: str) -> None:
+    at.radio(key="upload_source__en").set_value("server").run()
+    at.text_input(key="server_folder").set_value(folder).run()
+    assert not at.exception
+
+
+def test_server_folder_is_ranked_from_disk_without_upload(data_dir, app, downloads, rank_calls):
+    app.run()
+    use_server_folder(app, "photos")
+    assert any(c.value.startswith("3 images found in photos") for c in app.caption)
+    skipped = next(df.value for df in app.dataframe if "Why" in df.value.columns)
+    reasons = dict(zip(skipped["File"], skipped["Why"]))
+    assert reasons["photos/notes.txt"] == "not an image"
+    assert reasons["photos/link.png"] == "a link to a file outside the data folder"
+    assert not [name for name in reasons if "salaries" in name or "passwords" in name]  # not even listed
+
+    app.text_input(key="query").set_value(QUERY)
+    app.button(key="rank_button").click().run()
+    wait_for_run(app)
+    run = app.session_state["run"]
+    assert rank_calls == [3]
+    # nothing copied into the session: every image is a path inside the data folder
+    assert all(isinstance(item.source, str) and item.source.startswith(str(data_dir)) for item in run.items)
+    assert sorted(n for _, _, n in cards(app)) == ["photos/2024/c.webp", "photos/a.png", "photos/b.jpg"]
+    assert sorted(row["file"] for row in csv_rows(downloads)) == ["photos/2024/c.webp", "photos/a.png", "photos/b.jpg"]
+
+
+def test_a_link_to_a_folder_outside_is_one_skipped_entry(data_dir, monkeypatch):
+    """Whatever the folder walk finds through a link leading out of the data folder (a walk that
+    follows links lists its files) is neither ranked nor listed by name."""
+    linked = data_dir / "photos" / "linked"
+    walked = FoundImages(
+        images=[str(data_dir / "photos" / "a.png"), str(linked / "salaries.png")],
+        skipped=[(str(linked / "passwords.txt"), "not an image")],
+    )
+    monkeypatch.setattr(sources, "find_images", lambda paths: walked)
+    found = sources.scan(data_dir / "photos", data_dir)
+    assert [item.name for item in found.items] == ["photos/a.png"]
+    assert found.skipped == [("photos/linked", "a link to a folder outside the data folder")]
+
+
+def test_server_folder_accepts_an_absolute_path_and_rescans(data_dir, app):
+    app.run()
+    use_server_folder(app, str(data_dir / "photos" / "2024"))
+    assert any(unescape(c.value).startswith("1 images found in photos/2024") for c in app.caption)
+    (data_dir / "photos" / "2024" / "d.png").write_bytes(encode(scene(7)))
+    app.button(key="rescan").click().run()
+    assert any(unescape(c.value).startswith("2 images found in photos/2024") for c in app.caption)
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("../", "is outside the data folder"),
+        ("/etc", "is outside the data folder"),
+        ("photos/../../", "is outside the data folder"),
+        ("missing", "There is no folder missing in"),
+        ("photos/a.png", "The path photos/a.png is a file, not a folder."),
+    ],
+)
+def test_server_folder_outside_the_data_folder_or_missing_is_one_sentence(data_dir, app, rank_calls, typed, message):
+    app.run()
+    use_server_folder(app, typed)
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and message in errors[0] and errors[0].endswith(".")
+    app.text_input(key="query").set_value(QUERY)
+    app.button(key="rank_button").click().run()
+    assert any("Choose a folder with images first" in w.value for w in app.warning)
+    assert rank_calls == []
+
+
+def test_server_folder_is_not_offered_without_a_data_folder(app, monkeypatch):
+    monkeypatch.delenv("LYCHEE_DATA_DIR", raising=False)
+    app.run()
+    assert app.radio(key="upload_source__en").options == ["Uploaded files", "Uploaded folder"]
+
+
+# -- access: the model allow-list -------------------------------------------------------------------
+@pytest.fixture
+def load_calls(monkeypatch):
+    calls: list[str] = []
+    original = model_ui._load
+
+    def counting(name, *settings):
+        calls.append(name)
+        return original(name, *settings)
+
+    monkeypatch.setattr(model_ui, "_load", counting)
+    return calls
+
+
+def test_a_model_not_on_the_allow_list_is_refused_in_one_sentence(app, load_calls):
+    name_box = next(ti for ti in app.text_input if ti.key.startswith("model_input:"))
+    name_box.set_value("someone/forty-gigabytes")
+    app.button(key="FormSubmitter:model_form-Load model").click().run()
+    assert not app.exception
+    refusals = [e.value for e in app.error if "someone/forty-gigabytes" in e.value]
+    assert refusals == [
+        "someone/forty-gigabytes is not on this server's list of models (LYCHEE_MODELS): "
+        "choose one of demo."
+    ]
+    assert "someone/forty-gigabytes" not in load_calls  # nothing was loaded
+    assert app.session_state["model_name"] == "demo"  # the model in use stays
+    assert not app.button(key="rank_button").disabled
+
+
+def test_the_allow_list_comes_from_lychee_models(monkeypatch, load_calls):
+    monkeypatch.setenv("LYCHEE_MODELS", "demo, /models/lychee")
+    monkeypatch.setenv("LYCHEE_MODEL", "vec-ai/lychee-rerank-mm")  # configured, but not on the list
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert at.session_state["model_name"] == "demo"  # the first allowed model instead
+    assert "vec-ai/lychee-rerank-mm" not in load_calls
+    box = next(ti for ti in at.text_input if ti.key.startswith("model_input:"))
+    assert "This server allows: demo, /models/lychee." in box.help
+
+
+# -- uploads ----------------------------------------------------------------------------------------
+def test_upload_names_are_decoded(app, downloads):
+    rank(app, [('say%22hi%22.png', encode(scene(2)), "image/png")])
+    assert [n for _, _, n in cards(app)] == ['say"hi".png']
+    assert csv_rows(downloads)[0]["file"] == 'say"hi".png'
+
+
+def test_an_upload_is_held_once():
+    """An Item holds the very bytes Streamlit keeps for the upload, not a copy."""
+    record = UploadedFileRec("id-1", "a.png", "image/png", encode(scene(0)))
+    upload = UploadedFile(record, FileURLs(file_id="id-1", upload_url="/upload", delete_url="/delete"))
+    with patch.object(st, "session_state", {}):  # the digest cache, outside a script run
+        item = media.item_from_upload(upload)
+    assert item.source is record.data
+
+
+def test_clear_releases_the_uploads(app):
+    rank(app, photos(2))
+    app.button(key="clear_button").click().run()
+    assert not app.exception
+    assert "run" not in app.session_state
+    assert app.session_state["image_set"] is None
+    assert not app.file_uploader(key="files_upload_1").value  # the uploader starts empty
+    assert not cards(app)
+
+
+# -- runs -------------------------------------------------------------------------------------------
+def test_a_run_whose_session_is_gone_stops_and_keeps_what_is_done(reranker):
+    key = QueryKey(QUERY, None, DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, "demo|float32")
+    run = Run(key, [Item(f"p{i}.png", f"d{i}", encode(scene(i))) for i in range(200)])
+    connected = threading.Event()
+    connected.set()
+    run.start(reranker, mode="sequential", session_alive=connected.is_set)
+    deadline = time.monotonic() + 30
+    while run.scored_count() < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    connected.clear()  # the tab is closed
+    closed_at = time.monotonic()
+    assert run.wait(30)
+    assert time.monotonic() - closed_at < run_state.DISCONNECT_GRACE_S + 5
+    assert run.status == "stopped" and 2 <= run.scored_count() < 200
+
+
+def test_the_live_panel_shows_the_place_in_the_queue(app, monkeypatch):
+    release = threading.Event()
+
+    def queued(self, query, images, **kwargs):
+        kwargs["progress"](Progress(0, len(images), 0.0, 0.0, None, waiting=True, queue_position=3))
+        release.wait(10)
+        return Ranking(query, "", tuple(ImageResult(i, n) for i, n in enumerate(kwargs["names"])), "batched", 0.0,
+                       cancelled=True)
+
+    monkeypatch.setattr(Reranker, "rank", queued)
+    app.text_input(key="query").set_value(QUERY)
+    app.file_uploader(key="files_upload").set_value(photos(2))
+    app.button(key="rank_button").click().run()
+    try:
+        run = app.session_state["run"]
+        deadline = time.monotonic() + 10
+        while not run.waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        app.run()
+        assert app.get("progress")[0].text == "Waiting for other runs on this model: place 3 in the queue…"
+    finally:
+        release.set()
+    assert run.wait(10)
+
+
+def test_an_error_that_stops_a_run_keeps_its_results_and_offers_resume(app, monkeypatch):
+    original = Reranker.rank
+
+    def fails_after_first(self, query, images, **kwargs):
+        ranking = original(self, query, images[:1], names=kwargs.pop("names")[:1], **kwargs)
+        results = ranking.results + tuple(ImageResult(i, f"photo_{i}.png") for i in range(1, len(images)))
+        return dataclasses.replace(ranking, results=results, error="CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(Reranker, "rank", fails_after_first)
+    rank(app, photos(3))
+    assert [e.value for e in app.error] == ["The run failed: CUDA error: an illegal memory access."]
+    assert len(cards(app)) == 1  # the finished result is shown
+    assert app.button(key="resume_button").label == "Resume: rank the 2 not scored yet"
+
+
+# -- results: viewer, pager, ZIP --------------------------------------------------------------------
+def test_viewer_walks_the_ranking_with_previous_and_next(app):
+    rank(app, photos(3))
+    order = [n for _, _, n in cards(app)]
+    first = next(b for b in app.button if b.key.startswith("view_") and unescape(b.label) == order[0])
+    first.click().run()
+    assert app.button(key="viewer_previous").disabled
+    assert any("1 of 3 shown" in m.value for m in app.markdown)
+    app.button(key="viewer_next").click().run()
+    app.button(key="viewer_next").click().run()
+    viewing = app.session_state["run"].items[app.session_state["viewer_item"]].name
+    assert viewing == order[2] and app.button(key="viewer_next").disabled
+    assert any("3 of 3 shown" in m.value for m in app.markdown)
+
+
+def test_pager_is_above_and_below_the_gallery_and_both_move_together(app):
+    rank(app, photos(25))
+    app.selectbox(key="gallery_per_page").set_value(20).run()
+    pagers = app.get("pagination")
+    assert len(pagers) == 2
+    pagers[1].set_value(2).run()  # the pager below the grid
+    assert [p.value for p in app.get("pagination")] == [2, 2]
+    assert [r for r, _, _ in cards(app)] == list(range(21, 26))
+
+
+def test_zip_holds_the_shown_images_named_by_rank(app):
+    rank(app, photos(4))
+    app.number_input(key="top_k").set_value(2).run()
+    button = next(b for b in app.get("download_button") if b.key == "download_zip")
+    assert button.label.startswith("ZIP of the 2 shown")
+    run = app.session_state["run"]
+    top = [r for r in ranked(run.snapshot())][:2]
+    archive = zipfile.ZipFile(io.BytesIO(results_ui.zip_maker(run, top)()))
+    assert archive.namelist() == [f"00{r.rank}_{r.name}" for r in top]
+    assert archive.read(archive.namelist()[0]) == run.items[top[0].index].source
+
+
+# -- login ------------------------------------------------------------------------------------------
+def test_with_login_configured_nothing_shows_before_logging_in(demo_cache):
+    """Streamlit gives st.user an is_logged_in field exactly when [auth] is configured in secrets.toml
+    (AppTest cannot configure that section, so the test sets the field as Streamlit would)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert not at.exception
+    assert any("Log in to use this server" in i.value for i in at.info)
+    assert at.button(key="login").label == "Log in"
+    assert not any(b.key == "rank_button" for b in at.button)
+    assert not at.text_input  # no model box, no query: nothing before logging in
+    at.user = {"is_logged_in": True, "email": "ada@example.org"}
+    at.run()
+    assert any(b.key == "rank_button" for b in at.button)
+    assert at.button(key="logout").label == "Log out ada@example.org"
+
+
+def test_a_thin_strip_has_a_visible_thumbnail():
+    """A 10000×10 image would shrink to 256×0 in a card: the card shows its middle part instead."""
+    strip = Item("strip.png", "strip-digest", encode(Image.new("RGB", (10_000, 10), (20, 120, 200))))
+    card = Image.open(io.BytesIO(media.card_thumb(strip))).convert("RGB")
+    column = [card.getpixel((card.width // 2, y)) for y in range(card.height)]
+    blue_rows = [y for y, (r, g, b) in enumerate(column) if b > 150 and r < 100]
+    assert len(blue_rows) >= 3, f"{len(blue_rows)} visible rows of the strip in a {card.size} card"

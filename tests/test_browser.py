@@ -1,12 +1,26 @@
-"""End to end in a real browser: `streamlit run app.py` (demo model, loopback only) driven by Playwright
-through Debian's Chromium. Upload three images, type a mixed query, Rank, read the gallery, download
-the CSV, visit the GPU monitor. Screenshots land in artifacts/ (gitignored) for CI to keep."""
+"""End to end in a real browser: `streamlit run app.py` (demo model, loopback only, the project's own
+.streamlit/config.toml) driven by Playwright through Debian's Chromium.
+
+- upload three images, type a mixed query, Rank, read the gallery, open the viewer and step through
+  it with the keyboard, download the CSV and a ZIP, clear (the uploads leave the server's memory),
+  visit the GPU monitor; the page fetches nothing from outside the server and the chart logs no
+  warning;
+- rank a folder on the server ($LYCHEE_DATA_DIR) without uploading anything;
+- a model name that is not on the allow-list is refused in one sentence;
+- closing the tab of a running 1,000-image run frees the model within 10 seconds;
+- the uploads of a closed tab leave the server's memory once its session has ended (nothing in the
+  app keeps them).
+
+Screenshots land in artifacts/ (gitignored) for CI to keep."""
 
 from __future__ import annotations
 
 import csv
 import io
 import re
+import time
+import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +31,8 @@ from app_fixtures import CHROMIUM, CHROMIUM_ARGS, ROOT, streamlit_server, write_
 ARTIFACTS = ROOT / "artifacts"
 QUERY = "海边日落 sunset over the sea"
 TIMEOUT_MS = 30_000
+MANY = 1000  # images in the server folder whose run is cancelled by closing the tab
+CARD_NAME = re.compile(r"^scene_\d{3}\.\w+$")
 
 
 @pytest.fixture(scope="module")
@@ -39,66 +55,227 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(demo_cache):
+def data_dir(tmp_path_factory):
+    """The server's data folder: few/ (4 images, one in a subfolder, and a text file) and many/ (1,000)."""
+    root = tmp_path_factory.mktemp("data")
+    write_scenes(root / "few", 3)
+    write_scenes(root / "few" / "sub", 1)
+    (root / "few" / "notes.txt").write_text("not a picture")
+    write_scenes(root / "many", MANY, width=448, height=336)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(demo_cache, data_dir):
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "browser-failure.png").unlink(missing_ok=True)
-    with streamlit_server({"LYCHEE_CACHE": str(demo_cache)}, log_path=ARTIFACTS / "streamlit-server.log") as url:
+    env = {
+        "LYCHEE_CACHE": str(demo_cache),
+        "LYCHEE_DATA_DIR": str(data_dir),
+        # a closed tab's session is kept 2 s for a reconnect (default 2 minutes): then it has ended
+        "STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": "2",
+    }
+    with streamlit_server(env, log_path=ARTIFACTS / "streamlit-server.log") as url:
         yield url
 
 
-def test_rank_three_images_and_download_csv(server, browser, tmp_path):
-    images = write_scenes(tmp_path / "images", 3)
-    context = browser.new_context(viewport={"width": 1400, "height": 1700}, locale="en-US", accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
+@pytest.fixture
+def page(server, browser):
+    """A fresh tab on the app (the first load also loads the demo model); screenshot on failure."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US", accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
     try:
-        page.goto(server, timeout=60_000)
-        rank_button = page.get_by_role("button", name="Rank images")
-        rank_button.wait_for(timeout=60_000)  # the first page load also loads the demo model
-        assert page.get_by_text("Demo model in use").is_visible()
-
-        query = page.get_by_label("Query", exact=True)
-        query.fill(QUERY)
-        query.press("Enter")
-        uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images to rank")
-        uploader.locator("input[type=file]").set_input_files([str(p) for p in images])
-        page.get_by_text("3 images selected").wait_for()
-
-        rank_button.click()
-        page.get_by_text(re.compile(r"^3 images ranked in")).wait_for()
-        page.get_by_role("button", name="Stop").wait_for(state="detached")
-
-        cards = page.get_by_text(re.compile(r"^#\d+ · score \d\.\d{4}$"))
-        expect(cards).to_have_count(3)  # the gallery renders progressively: wait for all three
-        expect(page.get_by_role("button", name="View")).to_have_count(3)
-        card_texts = cards.all_inner_texts()
-        ranks = [int(re.search(r"#(\d+)", t)[1]) for t in card_texts]
-        scores = [float(re.search(r"score (\d\.\d{4})", t)[1]) for t in card_texts]
-        assert ranks == [1, 2, 3]
-        assert scores == sorted(scores, reverse=True)
-        names_in_gallery = [n for n in page.get_by_text(re.compile(r"^scene_\d{3}\.\w+$")).all_inner_texts()
-                            if n in {p.name for p in images}]
-        page.screenshot(path=ARTIFACTS / "browser-ranked.png", full_page=True)
-
-        with page.expect_download() as download_info:
-            page.get_by_role("button", name="Download CSV").click()
-        download = download_info.value
-        assert download.suggested_filename == "lychee-ranking.csv"
-        text = Path(download.path()).read_text(encoding="utf-8")
-        assert text.startswith("rank,file,score,error")
-        rows = list(csv.DictReader(io.StringIO(text)))
-        assert [row["rank"] for row in rows] == ["1", "2", "3"]
-        assert sorted(row["file"] for row in rows) == sorted(p.name for p in images)
-        assert [row["file"] for row in rows] == names_in_gallery[-3:]
-        assert [round(float(row["score"]), 4) for row in rows] == scores
-
-        page.get_by_role("link", name="GPU monitor").click()
-        page.get_by_role("heading", name="GPU monitor").wait_for()
-        page.get_by_test_id("stMetric").first.wait_for()
-        page.screenshot(path=ARTIFACTS / "browser-gpu-monitor.png", full_page=True)
-        assert page.get_by_test_id("stException").count() == 0
+        tab.goto(server, timeout=60_000)
+        tab.get_by_role("button", name="Rank images").wait_for(timeout=60_000)
+        yield tab
     except Exception:
-        page.screenshot(path=ARTIFACTS / "browser-failure.png", full_page=True)
+        tab.screenshot(path=ARTIFACTS / "browser-failure.png", full_page=True)
         raise
     finally:
         context.close()
+
+
+def type_query(page, text: str = QUERY) -> None:
+    query = page.get_by_label("Query", exact=True)
+    query.fill(text)
+    query.press("Enter")
+
+
+def choose_server_folder(page, folder: str) -> None:
+    page.get_by_text("Folder on the server", exact=True).first.click()
+    box = page.get_by_role("textbox", name="Folder on the server")
+    box.fill(folder)
+    box.press("Enter")
+
+
+def download(page, button_name: str) -> Path:
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name=button_name).click()
+    return Path(download_info.value.path())
+
+
+def test_rank_three_uploads_view_them_and_download_csv_and_zip(server, page, tmp_path):
+    outside, warnings = [], []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "data:", "blob:")) else None)
+    page.on("console", lambda m: warnings.append(m.text) if m.type in ("warning", "error") else None)
+    images = write_scenes(tmp_path / "images", 3)
+    assert page.get_by_text("Demo model in use").is_visible()
+
+    type_query(page)
+    uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images to rank")
+    uploader.locator("input[type=file]").set_input_files([str(p) for p in images])
+    page.get_by_text("3 images selected").wait_for()
+
+    page.get_by_role("button", name="Rank images").click()
+    page.get_by_text(re.compile(r"^3 images ranked in")).wait_for()
+    page.get_by_role("button", name="Stop").wait_for(state="detached")
+
+    cards = page.get_by_text(re.compile(r"^#\d+ · score \d\.\d{4}$"))
+    expect(cards).to_have_count(3)  # the gallery renders progressively: wait for all three
+    names = page.get_by_role("button", name=CARD_NAME)
+    expect(names).to_have_count(3)
+    card_texts = cards.all_inner_texts()
+    ranks = [int(re.search(r"#(\d+)", t)[1]) for t in card_texts]
+    scores = [float(re.search(r"score (\d\.\d{4})", t)[1]) for t in card_texts]
+    names_in_gallery = [re.search(r"scene_\d{3}\.\w+", t)[0] for t in names.all_inner_texts()]  # not the icon
+    assert ranks == [1, 2, 3]
+    assert scores == sorted(scores, reverse=True)
+    page.screenshot(path=ARTIFACTS / "browser-ranked.png", full_page=True)
+
+    # the viewer: the best image, then the next one with the → key
+    names.first.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text(re.compile(r"#1 · Score .* · 1 of 3 shown"))).to_be_visible()
+    page.keyboard.press("ArrowRight")
+    expect(dialog.get_by_text(re.compile(r"#2 · Score .* · 2 of 3 shown"))).to_be_visible()
+    expect(dialog.get_by_text(names_in_gallery[1], exact=True)).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+
+    text = download(page, "Download CSV").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [row["rank"] for row in rows] == ["1", "2", "3"]
+    assert [row["file"] for row in rows] == names_in_gallery
+    assert [round(float(row["score"]), 4) for row in rows] == scores
+    assert {row["width"] + "×" + row["height"] for row in rows} == {"160×120"}  # the files' own size
+
+    archive = zipfile.ZipFile(download(page, re.compile(r"^ZIP of the 3 shown")))
+    assert archive.namelist() == [f"00{rank}_{name}" for rank, name in zip(ranks, names_in_gallery)]
+    by_name = {p.name: p for p in images}
+    assert archive.read(archive.namelist()[0]) == by_name[names_in_gallery[0]].read_bytes()
+
+    held = uploaded_bytes(server)
+    page.get_by_role("button", name="Clear results and images").click()
+    expect(page.get_by_role("heading", name="Results")).to_have_count(0)
+    expect(page.get_by_text("3 images selected")).to_have_count(0)  # the uploader is empty again
+    released = sum(p.stat().st_size for p in images)
+    assert wait_for(lambda: held - uploaded_bytes(server) >= released), "the server still holds the uploads"
+
+    page.get_by_role("link", name="GPU monitor").click()
+    page.get_by_role("heading", name="GPU monitor").wait_for()
+    page.get_by_test_id("stMetric").first.wait_for()
+    page.get_by_test_id("stVegaLiteChart").wait_for()  # the history chart, after two readings
+    page.screenshot(path=ARTIFACTS / "browser-gpu-monitor.png", full_page=True)
+    assert page.get_by_test_id("stException").count() == 0
+    assert outside == [], "the page fetched from outside the server"
+    assert not [w for w in warnings if "Infinite extent" in w], warnings
+
+
+def test_a_server_folder_is_ranked_without_uploading(page):
+    type_query(page)
+    choose_server_folder(page, "few")
+    page.get_by_text("4 images found in few").wait_for()
+    page.get_by_text("Files not taken (1)").click()  # which and why: a table (its rows are checked in test_app)
+    expect(page.get_by_test_id("stExpander").get_by_test_id("stDataFrame")).to_be_visible()
+    expect(page.get_by_test_id("stFileUploader")).to_have_count(1)  # only the query image's
+
+    page.get_by_role("button", name="Rank images").click()
+    page.get_by_text(re.compile(r"^4 images ranked in")).wait_for()
+    expect(page.get_by_role("button", name=CARD_NAME)).to_have_count(4)
+    rows = list(csv.DictReader(io.StringIO(download(page, "Download CSV").read_text(encoding="utf-8"))))
+    assert sorted(row["file"] for row in rows) == ["few/scene_000.jpg", "few/scene_001.png", "few/scene_002.webp",
+                                                   "few/sub/scene_000.jpg"]
+
+
+def test_a_model_not_on_the_allow_list_is_refused(page):
+    box = page.get_by_role("textbox", name="Model: hub id, local folder, or demo")
+    box.fill("someone/forty-gigabytes")
+    page.get_by_role("button", name="Load model").click()
+    expect(page.get_by_text(
+        "someone/forty-gigabytes is not on this server's list of models (LYCHEE_MODELS): choose one of demo."
+    )).to_be_visible()
+    expect(page.get_by_text("Name: demo")).to_be_visible()  # the model in use stays
+    expect(page.get_by_role("button", name="Rank images")).to_be_enabled()
+
+
+def test_closing_the_tab_stops_its_run_within_10_seconds(page, server, browser):
+    type_query(page)
+    page.get_by_text("Advanced settings").click()
+    page.get_by_text("sequential — one image at a time (memory-safe)").click()
+    choose_server_folder(page, "many")
+    page.get_by_text(f"{MANY} images found in many").wait_for()
+    page.get_by_role("button", name="Rank images").click()
+    progress = page.get_by_text(re.compile(r"^\d+/1000 · [0-9.]+ img/s"))
+    progress.wait_for()  # scoring
+
+    watcher = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US").new_page()
+    busy = watcher.get_by_text("The model is busy with another run")
+    try:
+        watcher.goto(server, timeout=60_000)
+        busy.wait_for(timeout=60_000)  # another tab sees the run holding the model
+
+        done, rate = re.match(r"^(\d+)/1000 · ([0-9.]+) img/s", progress.inner_text()).groups()
+        left_s = (MANY - int(done)) / max(float(rate), 0.1)
+        assert left_s > 30, f"the run would end by itself in {left_s:.0f} s: it cannot show a cancel"
+        page.context.close()  # the tab with the run goes away
+        closed_at = time.monotonic()
+        while time.monotonic() - closed_at < 20:
+            watcher.reload()
+            watcher.get_by_role("button", name="Rank images").wait_for(timeout=60_000)
+            if busy.count() == 0:
+                break
+            time.sleep(0.5)
+        freed_after = time.monotonic() - closed_at
+    finally:
+        watcher.context.close()
+    print(f"the model was free {freed_after:.1f} s after the tab was closed")
+    assert freed_after < 10, f"the model was still busy {freed_after:.1f} s after the tab was closed"
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
+
+
+def uploaded_bytes(server: str) -> int:
+    """What Streamlit's upload manager holds, from the server's own metrics endpoint (which caches
+    this figure for 5 s)."""
+    with urllib.request.urlopen(f"{server}/_stcore/metrics", timeout=10) as response:
+        text = response.read().decode()
+    lines = [line for line in text.splitlines() if "UploadedFileManager" in line and not line.startswith("#")]
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines)
+
+
+def test_a_closed_tabs_uploads_leave_the_server(page, server, browser, tmp_path):
+    images = write_scenes(tmp_path / "images", 3, width=640, height=480)
+    uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images to rank")
+    uploader.locator("input[type=file]").set_input_files([str(p) for p in images])
+    page.get_by_text("3 images selected").wait_for()
+    assert uploaded_bytes(server) >= sum(p.stat().st_size for p in images)
+
+    page.context.close()
+    other = browser.new_context(locale="en-US").new_page()
+    try:
+        deadline = time.monotonic() + 60
+        while uploaded_bytes(server) and time.monotonic() < deadline:
+            time.sleep(2)
+            other.goto(server, timeout=60_000)  # Streamlit drops expired sessions when others come and go
+            other.get_by_role("button", name="Rank images").wait_for(timeout=60_000)
+    finally:
+        other.context.close()
+    assert uploaded_bytes(server) == 0

@@ -95,8 +95,7 @@ def _compose() -> list[str]:
 
 def _compose_config(tmp_path: Path, **env_overrides: str) -> tuple[dict, str]:
     """`docker compose config` on the repo's compose file: the normalized model and stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    env.pop("LYCHEE_MODEL", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "LYCHEE_"))}
     env.update(env_overrides)
     empty_env_file = tmp_path / "empty.env"
     empty_env_file.write_text("")
@@ -447,9 +446,38 @@ def test_compose_keeps_model_cache_in_named_volume():
     ), f"HF_HOME={hf_home} is not on a named volume: mounts {mounts}, declared {declared}"
 
 
-def test_compose_publishes_streamlit_port():
-    ports = [str(p) for p in _service().get("ports") or []]
-    assert f"{PORT}:{PORT}" in ports, ports
+def _published(model: dict) -> list[tuple[str, str, int]]:
+    return [(p.get("host_ip", ""), str(p["published"]), int(p["target"])) for p in model["services"][SERVICE]["ports"]]
+
+
+def test_compose_publishes_streamlit_port_on_loopback_unless_told(tmp_path):
+    """The app has no login of its own: by default only the host itself reaches it."""
+    model, _ = _compose_config(tmp_path)
+    assert _published(model) == [("127.0.0.1", str(PORT), PORT)]
+    everywhere, _ = _compose_config(tmp_path, LYCHEE_BIND="0.0.0.0")
+    assert _published(everywhere) == [("0.0.0.0", str(PORT), PORT)]
+
+
+def test_compose_mounts_a_data_folder_read_only_for_server_folders(tmp_path):
+    model, _ = _compose_config(tmp_path)
+    service = model["services"][SERVICE]
+    data_dir = service["environment"]["LYCHEE_DATA_DIR"]
+    mounts = {v["target"]: v for v in service["volumes"]}
+    assert data_dir in mounts, f"LYCHEE_DATA_DIR={data_dir} is not mounted: {list(mounts)}"
+    assert mounts[data_dir]["type"] == "bind" and mounts[data_dir].get("read_only") is True, mounts[data_dir]
+    assert Path(mounts[data_dir]["source"]) == ROOT / "data"
+    photos = tmp_path / "photos"
+    elsewhere, _ = _compose_config(tmp_path, LYCHEE_DATA=str(photos))
+    chosen = {v["target"]: v for v in elsewhere["services"][SERVICE]["volumes"]}[data_dir]
+    assert Path(chosen["source"]) == photos
+    assert _dockerignore_excludes("data/holiday/IMG_0001.jpg"), "the photos would be sent into the image"
+
+
+def test_compose_passes_the_model_allow_list_through(tmp_path):
+    model, _ = _compose_config(tmp_path)
+    assert model["services"][SERVICE]["environment"]["LYCHEE_MODELS"] == ""  # empty: the app's default list
+    listed, _ = _compose_config(tmp_path, LYCHEE_MODELS="demo,/models/lychee")
+    assert listed["services"][SERVICE]["environment"]["LYCHEE_MODELS"] == "demo,/models/lychee"
 
 
 def test_compose_healthcheck_matches_image_healthcheck():
@@ -511,3 +539,20 @@ def test_streamlit_config_hides_error_details_from_the_page():
     assert value in {o.value for o in ShowErrorDetailsConfigOptions}, value
     assert value == ShowErrorDetailsConfigOptions.NONE.value, value
     assert _streamlit_settings().get("client.toolbarMode") == "minimal"
+
+
+def test_streamlit_config_turns_off_file_watching():
+    """`streamlit run app.py` from the project folder (the README's command, the image's CMD) watches
+    no files: Streamlit's watcher would follow the whole folder, the `.venv` inside it included."""
+    probe = (
+        "from streamlit import config\n"
+        "config.get_config_options(force_reparse=True)\n"
+        "from streamlit.watcher import path_watcher\n"
+        "print(config.get_option('server.fileWatcherType'), "
+        "path_watcher.get_default_path_watcher_class().__name__)\n"
+    )
+    out = _run([sys.executable, "-c", probe], cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["none", "NoOpPathWatcher"], out.stdout
+    elsewhere = _run([sys.executable, "-c", probe], cwd=ROOT / "tests")  # no config file there: the default
+    assert elsewhere.stdout.split()[0] == "auto", elsewhere.stdout

@@ -19,14 +19,22 @@ STRINGS: dict[str, tuple[str, str]] = {
     "nav_rerank": ("Rerank", "重排序"),
     "nav_gpu": ("GPU monitor", "GPU 监控"),
     "language": ("Language / 语言", "Language / 语言"),
+    "login_needed": ("Log in to use this server.", "请登录后使用本服务器。"),
+    "login": ("Log in", "登录"),
+    "logout": ("Log out {name}", "退出登录 {name}"),
     # Model (sidebar)
     "model_header": ("Model", "模型"),
     "model_input": ("Model: hub id, local folder, or demo", "模型：Hub ID、本地目录或 demo"),
     "model_input_help": (
-        "vec-ai/lychee-rerank-mm is the real reranker (about 17 GB of GPU memory in bf16); a local folder "
-        "holding a downloaded copy works offline; demo is a tiny random model for trying the app.",
-        "vec-ai/lychee-rerank-mm 为真实的重排序模型（bf16 约需 17 GB 显存）；也可填写已下载模型的本地目录"
-        "（可离线使用）；demo 为用于试用的微型随机模型。",
+        "This server allows: {allowed}. vec-ai/lychee-rerank-mm is the real reranker (about 17 GB of GPU "
+        "memory in bf16); a local folder holding a downloaded copy works offline; demo is a tiny random model "
+        "for trying the app.",
+        "本服务器允许：{allowed}。vec-ai/lychee-rerank-mm 为真实的重排序模型（bf16 约需 17 GB 显存）；"
+        "也可填写已下载模型的本地目录（可离线使用）；demo 为用于试用的微型随机模型。",
+    ),
+    "model_not_allowed": (
+        "{name} is not on this server's list of models ({env}): choose one of {allowed}.",
+        "{name} 不在本服务器允许的模型列表（{env}）中：请从 {allowed} 中选择。",
     ),
     "dtype": ("Precision (dtype)", "精度 (dtype)"),
     "dtype_help": (
@@ -83,6 +91,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "query_placeholder": ("e.g. 海边日落 sunset over the sea", "例如：海边日落 sunset over the sea"),
     "query_image": ("Query image (optional)", "查询图片（可选）"),
     "query_image_kept": ("Query image: {name}", "查询图片：{name}"),
+    "query_image_preview": ("Query image", "查询图片"),
+    "query_image_bad": (
+        "This query image cannot be used: {reason} Upload another one, or remove it.",
+        "此查询图片无法使用：{reason} 请上传其他图片，或将其移除。",
+    ),
     "advanced": ("Advanced settings", "高级设置"),
     "instruction": ("Instruction", "指令"),
     "instruction_help": (
@@ -101,9 +114,29 @@ STRINGS: dict[str, tuple[str, str]] = {
     "mode": ("Mode", "运行模式"),
     "mode_auto": ("auto — adaptive batching (fastest)", "auto — 自适应批处理（最快）"),
     "mode_sequential": ("sequential — one image at a time (memory-safe)", "sequential — 逐张处理（最省显存）"),
-    "upload_source": ("Upload", "上传方式"),
-    "src_files": ("Files", "文件"),
-    "src_folder": ("Folder", "文件夹"),
+    "upload_source": ("Images from", "图片来源"),
+    "src_files": ("Uploaded files", "上传文件"),
+    "src_folder": ("Uploaded folder", "上传文件夹"),
+    "src_server": ("Folder on the server", "服务器上的文件夹"),
+    "server_folder": ("Folder on the server", "服务器上的文件夹"),
+    "server_folder_placeholder": ("e.g. photos/2024", "例如：photos/2024"),
+    "server_folder_help": (
+        "A folder inside {root}: absolute, or relative to it. Subfolders are included. The images are read "
+        "on the server where they are; nothing is uploaded.",
+        "{root} 内的文件夹：绝对路径或相对于它的路径，包含子文件夹。图片直接在服务器上读取，无需上传。",
+    ),
+    "server_folder_hint": (
+        "Type a folder inside {root} (. for all of it) and press Enter.",
+        "输入 {root} 内的文件夹（. 表示全部）并按回车。",
+    ),
+    "server_found": (
+        "{n} images found in {folder} ({size}); they are read from the server's disk, not uploaded.",
+        "在 {folder} 中找到 {n} 张图片（{size}）；直接从服务器磁盘读取，无需上传。",
+    ),
+    "server_skipped": ("Files not taken ({n})", "未采用的文件（{n}）"),
+    "server_skipped_more": ("… and {n} more.", "……另有 {n} 个。"),
+    "rescan": ("Scan again", "重新扫描"),
+    "col_reason": ("Why", "原因"),
     "upload_files": ("Images to rank (PNG, JPEG, WebP, BMP, GIF, TIFF…)", "待排序的图片（PNG、JPEG、WebP、BMP、GIF、TIFF……）"),
     "upload_folder": ("A folder of images (subfolders included)", "图片文件夹（包含子文件夹）"),
     "n_selected": ("{n} images selected ({size}).", "已选择 {n} 张图片（{size}）。"),
@@ -116,11 +149,22 @@ STRINGS: dict[str, tuple[str, str]] = {
     "rank": ("Rank images", "开始排序"),
     "rank_help": ("Score every image against the query.", "对每张图片按查询打分。"),
     "resume": ("Resume: rank the {n} not scored yet", "继续：对未评分的 {n} 张排序"),
-    "clear": ("Clear results", "清除结果"),
+    "clear": ("Clear results and images", "清除结果和图片"),
+    "clear_help": (
+        "Removes the results and the uploaded images from the server's memory.",
+        "从服务器内存中移除结果和已上传的图片。",
+    ),
+    "clear_server": ("Clear results", "清除结果"),
+    "clear_server_help": ("Removes the results; the folder stays selected.", "移除结果；所选文件夹保持不变。"),
     "stop": ("Stop", "停止"),
     "need_model": ("Load a model first (see above).", "请先加载模型（见上方）。"),
     "need_query": ("Type a query (or add a query image) first.", "请先输入查询（或添加查询图片）。"),
     "need_files": ("Upload some images first.", "请先上传图片。"),
+    "need_folder": ("Choose a folder with images first.", "请先选择包含图片的文件夹。"),
+    "need_good_query_image": (
+        "The query image cannot be used (see above): upload another one, or remove it.",
+        "查询图片无法使用（见上方）：请上传其他图片，或将其移除。",
+    ),
     "run_header": ("Ranking {total} images", "正在对 {total} 张图片排序"),
     "resuming": (
         "Resuming: {done} already scored, ranking the remaining {todo}.",
@@ -128,6 +172,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "starting": ("Starting…", "正在启动……"),
     "waiting": ("Waiting for another run on this model to finish…", "正在等待该模型上的另一个任务完成……"),
+    "waiting_place": (
+        "Waiting for other runs on this model: place {n} in the queue…",
+        "正在等待该模型上的其他任务：排队第 {n} 位……",
+    ),
     "stopping": ("stopping after the current batch…", "当前批次完成后停止……"),
     "best_so_far": ("Best so far: {name} ({score})", "目前最佳：{name}（{score}）"),
     "run_failed": ("The run failed: {reason}", "运行失败：{reason}"),
@@ -157,7 +205,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "no_query_text": ("(query image only)", "（仅查询图片）"),
     # Rerank page: results
     "results": ("Results", "结果"),
-    "top_k": ("Show top K (0 = all)", "显示前 K 张（0 = 全部）"),
+    "top_k": ("Show top K", "显示前 K 张"),
+    "top_k_help": (
+        "0 shows all. Display filter only: nothing is scored again, and the CSV and JSON always hold the "
+        "full ranking; the ZIP holds the images shown.",
+        "0 表示全部。仅为显示筛选：不会重新评分，CSV 和 JSON 始终是完整排序；ZIP 包含当前显示的图片。",
+    ),
     "min_score": ("Minimum score", "最低分数"),
     "filters_help": (
         "Display filters only: nothing is scored again, and downloads always hold the full ranking.",
@@ -172,9 +225,14 @@ STRINGS: dict[str, tuple[str, str]] = {
     "nothing_matches": ("No image passes the filters.", "没有图片满足筛选条件。"),
     "no_results_yet": ("Nothing scored yet.", "尚无评分结果。"),
     "card_score": ("**#{rank}** · score {score}", "**#{rank}** · 分数 {score}"),
-    "view": ("View", "查看"),
+    "previous": ("Previous", "上一张"),
+    "next": ("Next", "下一张"),
+    "viewer_position": ("{n} of {total} shown", "显示中的第 {n} / {total} 张"),
     "full_view": ("Full-size view", "原图查看"),
-    "full_view_note": ("Shown at up to {px} px on its longer side.", "最长边最多显示 {px} 像素。"),
+    "full_view_note": (
+        "Fitted to the window (at most {px} px on its longer side). ← and → show the previous and next image.",
+        "适应窗口显示（最长边最多 {px} 像素）。按 ← 和 → 查看上一张和下一张。",
+    ),
     "download_original": ("Download original", "下载原图"),
     "cannot_display": ("This image cannot be displayed.", "无法显示此图片。"),
     "errors_title": ("Files that could not be scored ({n})", "无法评分的文件（{n}）"),
@@ -183,11 +241,32 @@ STRINGS: dict[str, tuple[str, str]] = {
     "col_file": ("File", "文件"),
     "col_score": ("Score", "分数"),
     "col_size": ("Size (px)", "尺寸（像素）"),
+    "col_size_help": ("The file's own size in pixels (orientation applied).", "文件本身的像素尺寸（已按方向校正）。"),
+    "col_model_size": ("Model input (px)", "模型输入（像素）"),
+    "col_model_size_help": (
+        "The size the model saw, after resizing to the resolution setting.",
+        "按分辨率设置缩放后，模型实际看到的尺寸。",
+    ),
     "col_tokens": ("Visual tokens", "视觉 token"),
     "col_error": ("Error", "错误"),
     "tokens_unit": ("{n} visual tokens", "{n} 个视觉 token"),
     "download_csv": ("Download CSV", "下载 CSV"),
     "download_json": ("Download JSON", "下载 JSON"),
+    "table_previews": (
+        "Previews are shown for the first {n} rows.",
+        "仅前 {n} 行显示预览。",
+    ),
+    "zip_shown": ("ZIP of the {n} shown ({size})", "下载显示的 {n} 张 ZIP（{size}）"),
+    "zip_selected": ("ZIP of the {n} selected ({size})", "下载选中的 {n} 张 ZIP（{size}）"),
+    "zip_help": (
+        "The original files, named by rank (001_name.jpg …). Narrow it with Show top K or the minimum "
+        "score, or select rows in the table.",
+        "原始文件，按排名命名（001_名称.jpg……）。可用“显示前 K 张”或最低分数缩小范围，或在表格中选择行。",
+    ),
+    "zip_too_big": (
+        "Too large for one ZIP (at most {limit}): lower Show top K or select rows in the table.",
+        "超出单个 ZIP 的上限（最多 {limit}）：请减小“显示前 K 张”或在表格中选择行。",
+    ),
     "downloads_help": (
         "The full ranking: every image, errors and unscored ones included, whatever the display filters.",
         "完整排序：包含所有图片（含错误和未评分的），不受显示筛选影响。",

@@ -1,7 +1,10 @@
-"""Uploads and pictures: content hashes, the session's image set, cached thumbnails.
+"""Uploads and pictures: content hashes, upload names, the query image check, cached thumbnails.
 
-Thumbnails are cached by content hash, so reruns, filters and page changes never decode an image
-twice; the gallery only ever ships small JPEGs.
+Images are decoded with the engine's own rules (lychee_rerank.images.load_image: orientation,
+transparency, odd modes), so what the page shows is what the model sees. Thumbnails are made when
+first shown (or while a run scores, when the CPU is otherwise idle) and kept in a cache bounded in
+bytes and shared by every session, so reruns, filters and page changes never decode an image twice
+and the gallery only ever ships small JPEGs.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import mimetypes
 import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable, Sequence
 
 import streamlit as st
 from PIL import Image
 
-from lychee_rerank.images import IMAGE_SUFFIXES, ImageError, thumbnail
+from lychee_rerank.images import IMAGE_SUFFIXES, ImageError, ImageSource, load_image
 
 from .state import Item
 
@@ -27,13 +31,28 @@ UPLOAD_TYPES = [s for s in ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "
 THUMB_SIDE = 256
 TABLE_THUMB_SIDE = 96
 FULL_VIEW_SIDE = 2048
+PREVIEW_SIDE = 320  # the query image's preview
+# A strip thinner than this in its thumbnail (a 10000×10 image would be 256×0) shows its middle part
+# instead, at this thickness: a visible strip rather than a blank card.
+MIN_THUMB_THICKNESS = 24
 CANVAS = (240, 242, 246)  # Streamlit's secondary background
+CACHE_BYTES = 96 * 1000 * 1000  # all thumbnails of the process: ~15 KB per card, so several thousand
 
 _DIGESTS_KEY = "_upload_digests"  # file_id -> digest, so a rerun never hashes an upload again
+# Browsers percent-encode exactly these three characters in the file names of a form upload
+# (HTML's multipart/form-data encoding); the name the user gave has them as they are.
+_FORM_ESCAPES = (("%22", '"'), ("%0D", "\r"), ("%0A", "\n"))
 
 
 def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def upload_name(name: str) -> str:
+    """The file's own name, undoing the browser's form encoding (`say%22hi%22.png` → `say"hi".png`)."""
+    for escaped, char in _FORM_ESCAPES:
+        name = name.replace(escaped, char)
+    return name
 
 
 def upload_digest(uploaded) -> str:
@@ -48,8 +67,14 @@ def upload_digest(uploaded) -> str:
     return value
 
 
+def item_from_upload(uploaded) -> Item:
+    """An Item holding the upload's own bytes (getvalue() of an untouched upload is Streamlit's copy,
+    not a new one): an upload sits in memory once."""
+    return Item(upload_name(uploaded.name), upload_digest(uploaded), uploaded.getvalue())
+
+
 def items_from_uploads(files: Sequence) -> list[Item]:
-    return [Item(f.name, upload_digest(f), f.getvalue()) for f in files]
+    return [item_from_upload(f) for f in files]
 
 
 def forget_digests(keep_ids: set[str]) -> None:
@@ -58,31 +83,64 @@ def forget_digests(keep_ids: set[str]) -> None:
         del cache[file_id]
 
 
-# Thumbnails by content hash, shared by every session of the process (like st.cache_data, but also
-# fillable from the background thread that prepares them while a run is scoring).
-_CACHE_ENTRIES = 6000  # ~15 KB each: about 100 MB at most
-_cache: OrderedDict[tuple[str, str], bytes | None] = OrderedDict()
-_cache_lock = threading.Lock()
+# -- pictures -------------------------------------------------------------------------------------
+def _jpeg(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
-def _cached(key: tuple[str, str], make: Callable[[], bytes | None]) -> bytes | None:
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    value = make()
-    with _cache_lock:
-        _cache[key] = value
-        while len(_cache) > _CACHE_ENTRIES:
-            _cache.popitem(last=False)
-    return value
-
-
-def _thumbnail(data: bytes, max_side: int) -> bytes | None:
+def _fit(source: ImageSource, max_side: int, *, keep_strips_visible: bool = False) -> bytes | None:
+    """A JPEG of the image at most ``max_side`` a side, or None when it cannot be decoded."""
     try:
-        return thumbnail(data, max_side=max_side)
+        picture = load_image(source)
     except ImageError:
         return None
+    if keep_strips_visible:
+        long, short = max(picture.size), min(picture.size)
+        most = max_side / MIN_THUMB_THICKNESS  # the widest ratio that stays visible
+        if long > most * short:
+            keep = round(short * most)  # the middle part, at that ratio
+            if picture.width > picture.height:
+                left = (picture.width - keep) // 2
+                picture = picture.crop((left, 0, left + keep, picture.height))
+            else:
+                top = (picture.height - keep) // 2
+                picture = picture.crop((0, top, picture.width, top + keep))
+    picture.thumbnail((max_side, max_side))
+    return _jpeg(picture)
+
+
+class _ThumbnailCache:
+    """LRU of small JPEGs (or None for undecodable files) by (identity, kind), bounded in bytes;
+    fillable from any thread."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str], bytes | None] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def full(self) -> bool:
+        return self._bytes >= self.max_bytes
+
+    def get(self, key: tuple[str, str], make: Callable[[], bytes | None]) -> bytes | None:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        value = make()
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = value
+                self._bytes += len(value or b"")
+            while self._bytes > self.max_bytes and len(self._entries) > 1:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= len(dropped or b"")
+        return value
+
+
+_cache = _ThumbnailCache(CACHE_BYTES)
 
 
 def _square(thumb_jpeg: bytes) -> bytes:
@@ -95,20 +153,23 @@ def _square(thumb_jpeg: bytes) -> bytes:
             picture = picture.resize(size, Image.Resampling.LANCZOS)
         canvas = Image.new("RGB", (THUMB_SIDE, THUMB_SIDE), CANVAS)
         canvas.paste(picture, ((THUMB_SIDE - picture.width) // 2, (THUMB_SIDE - picture.height) // 2))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
+    return _jpeg(canvas)
+
+
+def blank_card() -> bytes:
+    """The square card of an image that cannot be shown (so every card has the same height)."""
+    return _cache.get(("", "blank"), lambda: _jpeg(Image.new("RGB", (THUMB_SIDE, THUMB_SIDE), CANVAS)))
 
 
 def thumb(item: Item) -> bytes | None:
     """A JPEG of at most 256 px a side, or None for a file that cannot be decoded."""
-    return _cached((item.digest, "thumb"), lambda: _thumbnail(item.data, THUMB_SIDE))
+    return _cache.get((item.digest, "thumb"), lambda: _fit(item.source, THUMB_SIDE, keep_strips_visible=True))
 
 
 def card_thumb(item: Item) -> bytes | None:
     """The gallery's square 256 px JPEG."""
     small = thumb(item)
-    return None if small is None else _cached((item.digest, "card"), lambda: _square(small))
+    return None if small is None else _cache.get((item.digest, "card"), lambda: _square(small))
 
 
 def table_thumb_uri(item: Item) -> str | None:
@@ -116,17 +177,18 @@ def table_thumb_uri(item: Item) -> str | None:
     small = thumb(item)
     if small is None:
         return None
-    tiny = _cached((item.digest, "table"), lambda: _thumbnail(small, TABLE_THUMB_SIDE))
+    tiny = _cache.get((item.digest, "table"), lambda: _fit(small, TABLE_THUMB_SIDE))
     return None if tiny is None else "data:image/jpeg;base64," + base64.b64encode(tiny).decode("ascii")
 
 
 def prepare_thumbnails(items: Sequence[Item], stop: threading.Event) -> threading.Thread:
     """Make the gallery's thumbnails in a background thread while a run scores (the CPU is mostly idle
-    during GPU forwards), so the results appear at once when it ends."""
+    during GPU forwards), so the results appear at once when it ends. It stops when the run stops and
+    when the cache is full: it never pushes out thumbnails someone is looking at."""
 
     def work() -> None:
         for item in items:
-            if stop.is_set():
+            if stop.is_set() or _cache.full():
                 return
             card_thumb(item)
 
@@ -137,10 +199,17 @@ def prepare_thumbnails(items: Sequence[Item], stop: threading.Event) -> threadin
 
 def full_view(item: Item) -> bytes | None:
     """The image as the model sees it (orientation applied), at most 2048 px a side, as JPEG."""
+    return _fit(item.source, FULL_VIEW_SIDE)
+
+
+def query_image_preview(data: bytes) -> tuple[bytes | None, str | None]:
+    """(a small JPEG of the query image, None), or (None, why it cannot be used: one sentence)."""
     try:
-        return thumbnail(item.data, max_side=FULL_VIEW_SIDE)
-    except ImageError:
-        return None
+        picture = load_image(data)
+    except ImageError as exc:
+        return None, str(exc)
+    picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return _jpeg(picture), None
 
 
 def mime_type(name: str) -> str:
@@ -148,5 +217,13 @@ def mime_type(name: str) -> str:
 
 
 def download_name(name: str) -> str:
-    """A plain file name for a download (folder uploads may carry a path)."""
+    """A plain file name for a download (folder uploads and server files may carry a path)."""
     return os.path.basename(name.replace("\\", "/")) or "image"
+
+
+def original_bytes(item: Item) -> bytes | Callable[[], bytes]:
+    """For st.download_button: an upload's bytes as they are; a server file is read on click only."""
+    if isinstance(item.source, (bytes, bytearray)):
+        return item.source
+    path = Path(item.source)
+    return path.read_bytes

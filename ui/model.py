@@ -3,6 +3,7 @@ the sidebar.
 
 A failed load is cached too (as its one-sentence reason): without network the hub's retries take
 minutes, and every rerun would otherwise pay them again. "Retry loading" clears that one entry.
+Only models on the server's allow-list are ever loaded (ui/allowlist.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from lychee_rerank import DEMO_NAME, DTYPES, QUANTIZE_MODES, ModelLoadError, Reranker, default_model
+from lychee_rerank import DEMO_NAME, DTYPES, QUANTIZE_MODES, ModelLoadError, Reranker
 
-from . import fmt
+from . import allowlist, fmt
 from .i18n import t
 from .state import SESSION_KEY
 
@@ -26,6 +27,7 @@ MODEL_INPUT_KEY = "model_input"  # the sidebar's text input
 DTYPE_INPUT_KEY = "dtype_input"
 QUANTIZE_KEY = "model_quantize"
 QUANTIZE_INPUT_KEY = "quantize_input"
+REFUSED_KEY = "model_refused"  # the sentence refusing the last name typed, shown under the form
 # The real model is ~17 GB: more than two cached models would fill most GPUs.
 MAX_CACHED_MODELS = 2
 
@@ -54,7 +56,7 @@ def _load(name: str, dtype: str, quantize: str) -> LoadOutcome:
 def selected() -> tuple[str, str, str]:
     """(model name, dtype, quantisation) for this session: $LYCHEE_MODEL at first, then the sidebar's choice."""
     if MODEL_KEY not in st.session_state:
-        st.session_state[MODEL_KEY] = default_model()
+        st.session_state[MODEL_KEY] = allowlist.initial_model()
     if DTYPE_KEY not in st.session_state:
         st.session_state[DTYPE_KEY] = "auto"
     if QUANTIZE_KEY not in st.session_state:
@@ -65,6 +67,8 @@ def selected() -> tuple[str, str, str]:
 def active() -> LoadOutcome:
     """The session's model, loading it (with a spinner) the first time this process needs it."""
     name, dtype, quantize = selected()
+    if not allowlist.is_allowed(name):
+        return LoadOutcome(name, dtype, error=allowlist.refusal(name), quantize=quantize)
     with st.spinner(t("loading_model", name=name, dtype=dtype), show_time=True):
         return _load(name, dtype, quantize)
 
@@ -87,7 +91,12 @@ def retry() -> None:
 
 
 def _apply_sidebar_choice(name_key: str, dtype_key: str, quantize_key: str) -> None:
-    name = (st.session_state.get(name_key) or "").strip() or default_model()
+    name = (st.session_state.get(name_key) or "").strip() or allowlist.initial_model()
+    if not allowlist.is_allowed(name):
+        st.session_state[REFUSED_KEY] = allowlist.refusal(name)
+        st.session_state[name_key] = selected()[0]  # the box shows the model in use again
+        return
+    st.session_state.pop(REFUSED_KEY, None)
     choose(name, st.session_state.get(dtype_key) or "auto", st.session_state.get(quantize_key) or "auto")
 
 
@@ -101,12 +110,16 @@ def sidebar_form() -> None:
     name_key, dtype_key = f"{MODEL_INPUT_KEY}:{name}", f"{DTYPE_INPUT_KEY}:{dtype}"
     quantize_key = f"{QUANTIZE_INPUT_KEY}:{quantize}"
     with st.sidebar.form("model_form", border=False):
-        st.text_input(t("model_input"), value=name, key=name_key, help=t("model_input_help"))
+        st.text_input(t("model_input"), value=name, key=name_key,
+                      help=t("model_input_help", allowed=", ".join(allowlist.allowed_models())))
         st.selectbox(t("dtype"), DTYPES, index=DTYPES.index(dtype) if dtype in DTYPES else 0, key=dtype_key,
                      help=t("dtype_help"))
         st.selectbox(t("quantize"), QUANTIZE_MODES, index=QUANTIZE_MODES.index(quantize) if quantize in QUANTIZE_MODES else 0,
                      key=quantize_key, help=t("quantize_help"))
         st.form_submit_button(t("load_model"), on_click=_apply_sidebar_choice, args=(name_key, dtype_key, quantize_key))
+    refused = st.session_state.get(REFUSED_KEY)
+    if refused:
+        st.sidebar.error(refused, icon=":material/block:")
 
 
 def sidebar_info(outcome: LoadOutcome, *, with_reason: bool = True) -> None:
@@ -117,7 +130,8 @@ def sidebar_info(outcome: LoadOutcome, *, with_reason: bool = True) -> None:
         sidebar.error(t("model_failed_short", name=outcome.name), icon=":material/error:")
         if with_reason:
             sidebar.caption(fmt.md_escape(outcome.error))
-        sidebar.button(t("use_demo"), on_click=use_demo, key="sidebar_use_demo")
+        if allowlist.is_allowed(DEMO_NAME):
+            sidebar.button(t("use_demo"), on_click=use_demo, key="sidebar_use_demo")
         return
     info = outcome.reranker.info
     if info.is_demo:
@@ -143,6 +157,8 @@ def sidebar_info(outcome: LoadOutcome, *, with_reason: bool = True) -> None:
 def failure_panel(outcome: LoadOutcome) -> None:
     """On the main page: why the model is missing (one sentence) and the way out (the demo model)."""
     st.error(t("model_error", reason=outcome.error), icon=":material/error:")
-    left, right, _ = st.columns([2, 1, 3])
-    left.button(t("use_demo"), on_click=use_demo, type="primary", key="page_use_demo")
-    right.button(t("retry"), on_click=retry, key="page_retry")
+    row = st.container(horizontal=True, gap="small")
+    if allowlist.is_allowed(DEMO_NAME):
+        row.button(t("use_demo"), on_click=use_demo, type="primary", key="page_use_demo")
+    if allowlist.is_allowed(outcome.name):
+        row.button(t("retry"), on_click=retry, key="page_retry")

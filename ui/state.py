@@ -3,7 +3,8 @@
 The run executes in a background thread, not in the script: a Streamlit rerun (any click, a filter
 change, a page switch) interrupts the script, but not the run. Results are written into the Run as
 each image or batch finishes, so whatever is done survives a stop; Stop sets an event the engine
-polls between forwards. A live fragment on the page polls the Run for progress.
+polls between forwards. A live fragment on the page polls the Run for progress. A run whose browser
+session has gone (tab closed) stops by itself within seconds, keeping what is done.
 
 No Streamlit import here: this is plain state, testable on its own.
 """
@@ -12,18 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from lychee_rerank import ImageResult, InputError, Progress, Reranker
 
 log = logging.getLogger("lychee_rerank.app")
 
-# A run whose page has not polled for this long (tab closed, session gone) stops by itself; what is
-# done is kept. Generous, because browsers throttle timers in background tabs to once a minute.
-ORPHAN_TIMEOUT_S = 15 * 60
+# A run whose browser session has been disconnected this long stops; what is done is kept. Short
+# enough that a closed tab frees the model for the others within seconds, long enough to ride out a
+# network blip (the browser reconnects to the same session).
+DISCONNECT_GRACE_S = 3.0
 
 RUNNING, DONE, STOPPED, FAILED, READY = "running", "done", "stopped", "failed", "ready"
 SESSION_KEY = "run"  # st.session_state[SESSION_KEY]: the session's Run (read by every page)
@@ -31,11 +34,26 @@ SESSION_KEY = "run"  # st.session_state[SESSION_KEY]: the session's Run (read by
 
 @dataclass(frozen=True)
 class Item:
-    """One image to rank: its display name, a content hash, and the file's bytes."""
+    """One image to rank: its display name, an identity, and where its bytes are.
+
+    ``source`` is an upload's bytes (the very object Streamlit holds: never copied) or the path of a
+    file on the server (read when needed: scoring, a thumbnail, a download). ``digest`` is a content
+    hash for uploads, and a hash of path, size and modification time for server files; scores carry
+    over between image sets by it.
+    """
 
     name: str
     digest: str
-    data: bytes = field(repr=False, compare=False)
+    source: bytes | str = field(repr=False, compare=False)
+
+    @property
+    def nbytes(self) -> int:
+        if isinstance(self.source, (bytes, bytearray)):
+            return len(self.source)
+        try:
+            return os.path.getsize(self.source)
+        except OSError:
+            return 0
 
 
 @dataclass(frozen=True)
@@ -80,13 +98,13 @@ class Run:
         self.error: tuple[str, str] | None = None  # (kind: "input" | "run", one sentence)
         self.progress: Progress | None = None
         self.waiting = False
+        self.queue_position: int | None = None  # while waiting: 1 = next to run
         self.mode_used: str | None = None
         self.already_scored = 0  # scored before the current start (a resume)
         self.todo = 0  # images in the current start
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
-        self.heartbeat = time.monotonic()
         self.starts = 0  # how many times this run was started (first run + resumes)
 
     # -- reading --------------------------------------------------------------------------------
@@ -111,15 +129,22 @@ class Run:
             return sum(r.status == "error" for r in self.results)
 
     # -- control --------------------------------------------------------------------------------
-    def touch(self) -> None:
-        """The page is still watching (see ORPHAN_TIMEOUT_S)."""
-        self.heartbeat = time.monotonic()
-
     def stop(self) -> None:
         self.stop_event.set()
 
-    def start(self, reranker: Reranker, indices: Sequence[int] | None = None, *, mode: str = "auto") -> None:
-        """Rank ``indices`` (default: every image not scored yet) in a background thread."""
+    def start(
+        self,
+        reranker: Reranker,
+        indices: Sequence[int] | None = None,
+        *,
+        mode: str = "auto",
+        session_alive: Callable[[], bool] | None = None,
+    ) -> None:
+        """Rank ``indices`` (default: every image not scored yet) in a background thread.
+
+        ``session_alive`` says whether the browser session that started the run is still connected;
+        once it has said no for DISCONNECT_GRACE_S, the run stops.
+        """
         with self.lock:
             if self.running:
                 return
@@ -128,14 +153,14 @@ class Run:
             self.error = None
             self.progress = None
             self.waiting = False
+            self.queue_position = None
             self.stop_event = threading.Event()
             chosen = set(indices)
             self.already_scored = sum(r.status != "pending" for r in self.results if r.index not in chosen)
             self.todo = len(indices)
             self.starts += 1
-            self.touch()
             self.thread = threading.Thread(
-                target=self._work, args=(reranker, indices, mode), name="lychee-app-run", daemon=True
+                target=self._work, args=(reranker, indices, mode, session_alive), name="lychee-app-run", daemon=True
             )
         self.thread.start()
 
@@ -146,10 +171,11 @@ class Run:
             thread.join(timeout)
         return not self.running
 
-    def _work(self, reranker: Reranker, indices: list[int], mode: str) -> None:
-        sources = [self.items[i].data for i in indices]
+    def _work(self, reranker: Reranker, indices: list[int], mode: str, session_alive) -> None:
+        sources = [self.items[i].source for i in indices]
         names = [self.items[i].name for i in indices]
         stop_event = self.stop_event
+        last_seen = time.monotonic()
 
         def store(result: ImageResult) -> None:
             """Keep a finished result at its place in the full list (the engine saw a subset)."""
@@ -159,15 +185,28 @@ class Run:
         def on_progress(event: Progress) -> None:
             with self.lock:
                 if event.waiting:
-                    self.waiting = True
+                    self.waiting, self.queue_position = True, event.queue_position
                     return
-                self.waiting = False
+                self.waiting, self.queue_position = False, None
                 for result in event.new_results:
                     store(result)
                 self.progress = event
 
+        def session_gone() -> bool:
+            nonlocal last_seen
+            if session_alive is None or session_alive():
+                last_seen = time.monotonic()
+                return False
+            return time.monotonic() - last_seen > DISCONNECT_GRACE_S
+
         def should_stop() -> bool:
-            return stop_event.is_set() or time.monotonic() - self.heartbeat > ORPHAN_TIMEOUT_S
+            if stop_event.is_set():
+                return True
+            if session_gone():
+                log.info("the browser session of a run is gone: stopping the run")
+                stop_event.set()
+                return True
+            return False
 
         status, error = FAILED, None
         try:
@@ -192,13 +231,16 @@ class Run:
                 for result in ranking.results:  # every finished result, even one a callback missed
                     if result.status != "pending":
                         store(result)
-                self.elapsed_s += ranking.elapsed_s
+                self.elapsed_s += ranking.elapsed_s  # ranking time only: waiting in the queue is not counted
                 self.mode_used = ranking.mode
-            status = STOPPED if ranking.cancelled or self.pending() else DONE
+            if ranking.error:  # an unexpected error stopped it: what finished is kept, the rest can resume
+                status, error = FAILED, ("run", ranking.error)
+            else:
+                status = STOPPED if ranking.cancelled or self.pending() else DONE
         finally:
             with self.lock:
                 self.error = error
-                self.waiting = False
+                self.waiting, self.queue_position = False, None
                 self.status = status
 
     # -- new inputs -----------------------------------------------------------------------------
