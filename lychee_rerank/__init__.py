@@ -21,6 +21,7 @@ from .loading import (
     ModelLoadError,
     default_model,
 )
+from .preprocess import PREPROCESS_MODES
 from .prompt import DEFAULT_INSTRUCTION, SYSTEM_PROMPT
 from .quantization import QUANTIZE_MODES
 from .reranker import InputError, Reranker
@@ -35,6 +36,7 @@ __all__ = [
     "DEMO_NAME",
     "DTYPES",
     "MODES",
+    "PREPROCESS_MODES",
     "QUANTIZE_MODES",
     "SYSTEM_PROMPT",
     "ImageError",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from lychee_rerank import DEFAULT_INSTRUCTION
+from lychee_rerank import DEFAULT_INSTRUCTION, PREPROCESS_MODES
 from ui import fmt, media, results, session, sources
 from ui import model as model_ui
 from ui import state as run_state
@@ -204,6 +204,8 @@ def _inputs() -> tuple[QueryImage | None, list[Item], str]:
                labels="res_", horizontal=True, help=t("resolution_help"))
         choice("radio", t("mode"), ("auto", "sequential"), store_key="mode", default="auto", labels="mode_",
                horizontal=True)
+        choice("radio", t("preprocess"), PREPROCESS_MODES, store_key="preprocess", default="exact", labels="pre_",
+               horizontal=True, help=t("preprocess_help"))
 
     root = sources.data_dir()
     options = ("files", "folder", "server") if root is not None else ("files", "folder")
@@ -222,6 +224,7 @@ def _current_key(query_image: QueryImage | None, model_name: str, dtype: str) ->
         instruction=instruction,
         max_pixels=int(tokens) * PIXELS_PER_TOKEN,
         model=f"{model_name}|{dtype}",
+        preprocess=st.session_state.get("preprocess") or "exact",
     )
 
 

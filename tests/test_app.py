@@ -730,3 +730,19 @@ def test_a_thin_strip_has_a_visible_thumbnail():
     column = [card.getpixel((card.width // 2, y)) for y in range(card.height)]
     blue_rows = [y for y, (r, g, b) in enumerate(column) if b > 150 and r < 100]
     assert len(blue_rows) >= 3, f"{len(blue_rows)} visible rows of the strip in a {card.size} card"
+
+
+def test_the_fast_preprocessing_setting_reaches_the_engine_and_marks_old_results(app, monkeypatch):
+    asked = []
+    original = Reranker.rank
+
+    def recording(self, query, images, **kwargs):
+        asked.append(kwargs.get("preprocess"))
+        return original(self, query, images, **kwargs)
+
+    monkeypatch.setattr(Reranker, "rank", recording)
+    rank(app, photos(2))
+    app.radio(key="preprocess__en").set_value("fast").run()
+    assert any("the preprocessing" in w.value for w in app.warning)  # the shown scores used "exact"
+    rank(app, photos(2))
+    assert asked == ["exact", "fast"]

@@ -65,6 +65,7 @@ class QueryKey:
     instruction: str
     max_pixels: int
     model: str  # "name|dtype"
+    preprocess: str = "exact"  # "exact" (the model card's image path) or "fast" (JPEG draft decoding)
 
     def changes(self, other: "QueryKey") -> list[str]:
         """Names of the fields that differ (for 'the query, the resolution changed')."""
@@ -218,6 +219,7 @@ class Run:
                 instruction=self.key.instruction,
                 mode=mode,
                 max_pixels=self.key.max_pixels,
+                preprocess=self.key.preprocess,
                 progress=on_progress,
                 should_stop=should_stop,
             )
