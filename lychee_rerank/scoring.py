@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .images import ImageError, ImageSize, ImageSource
-from .preprocess import PREPROCESS_MODES, decoded_size, draft_target, model_card_image, model_card_size
+from .preprocess import decoded_size, draft_target, model_card_image, model_card_size
 from .prompt import NO_TOKEN, YES_TOKEN, render_prompt
 
 # Lychee-rerank-mm's training inputs were at most this many tokens (prompt, query and document).
@@ -69,8 +69,6 @@ class PairScorer:
         max_pixels: int,
         preprocess: str = "exact",
     ):
-        if preprocess not in PREPROCESS_MODES:
-            raise ValueError(f"unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_MODES)}")
         self.model = model
         self.processor = processor
         self.preprocess = preprocess

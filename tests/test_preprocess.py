@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from PIL import Image
 
 from imagegen import encode, photo
 from lychee_rerank.images import load_image, probe_image

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from imagegen import photo
-from lychee_rerank import DEFAULT_INSTRUCTION, InputError, SYSTEM_PROMPT
+from lychee_rerank import DEFAULT_INSTRUCTION, InputError
 from lychee_rerank.execution import TokenBudget
 from lychee_rerank.prompt import render_prompt
 from model_card import ModelCardScorer
