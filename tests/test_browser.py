@@ -109,7 +109,14 @@ def choose_server_folder(page, folder: str) -> None:
     box.press("Enter")
 
 
+def wait_idle(page) -> None:
+    """Until the app's script is not running: a click during a rerun can land on a button the rerun
+    is about to replace (seen once under load: the ZIP download never started)."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+
+
 def download(page, button_name: str) -> Path:
+    wait_idle(page)
     with page.expect_download() as download_info:
         page.get_by_role("button", name=button_name).click()
     return Path(download_info.value.path())
