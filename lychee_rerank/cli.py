@@ -201,6 +201,18 @@ def checked_inputs(args: argparse.Namespace):
     return found.images, query, query_picture
 
 
+def print_ranking(ranking, top: int | None, where: str = "", note: str = "") -> None:
+    """The ranking table on stdout and a one-line summary on stderr (the rank command, Ray or not)."""
+    print(format_table(ranking.ranked(), top))
+    how = ranking.mode + (f", {where}" if where else "")
+    summary = f"{len(ranking.scored)} scored, {len(ranking.errors)} failed in {ranking.elapsed_s:.1f} s ({how})"
+    if note:
+        summary += f"; {note}"
+    if ranking.pending:
+        summary += f"; stopped with {len(ranking.pending)} not scored"
+    print(f"{PROG}: {summary}", file=sys.stderr)
+
+
 def write_outputs(args: argparse.Namespace, ranking) -> bool:
     """Each requested output written on its own: one that fails does not cost the other."""
     from .export import to_csv, to_json
@@ -302,11 +314,7 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
         signals.phase, signals.ranking = "writing the outputs", False
         bar.close()
 
-    print(format_table(ranking.ranked(), args.top))
-    summary = f"{len(ranking.scored)} scored, {len(ranking.errors)} failed in {ranking.elapsed_s:.1f} s ({ranking.mode})"
-    if ranking.pending:
-        summary += f"; stopped with {len(ranking.pending)} not scored"
-    print(f"{PROG}: {summary}", file=sys.stderr)
+    print_ranking(ranking, args.top)
     written = write_outputs(args, ranking)
     if ranking.error:
         print(f"{PROG}: the run stopped on an unexpected error: {ranking.error}", file=sys.stderr)

@@ -9,6 +9,8 @@ scale (1/2, 1/4, 1/8) that is still at least the size the model will see, then t
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from PIL import Image
 
 from .images import ImageSize, ImageSource, load_image
@@ -36,6 +38,16 @@ def model_card_image(source: ImageSource | Image.Image, reduce_to: tuple[int, in
         # fetch_image would only copy it twice (to_rgb, then a resize to the same size): the same pixels.
         return image
     return fetch_image({"image": image})
+
+
+def processor_pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as the channels-first uint8 tensor the processor would make of it, bit for bit,
+    for less. The processor converts a PIL image with ``np.array`` (Pillow's chunked, packed copy),
+    then a permute and a contiguous copy: two full-resolution copies. One copy per band costs about
+    half as much (docs/benchmarks.md). Pass the result with ``input_data_format="channels_first"``."""
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {image.mode!r}")
+    return torch.from_numpy(np.stack([np.asarray(band) for band in image.split()]))
 
 
 def jpeg_draft_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .images import ImageError, ImageSize, ImageSource
-from .preprocess import decoded_size, draft_target, model_card_image, model_card_size
+from .preprocess import decoded_size, draft_target, model_card_image, model_card_size, processor_pixels
 from .prompt import NO_TOKEN, YES_TOKEN, render_prompt
 
 # Lychee-rerank-mm's training inputs were at most this many tokens (prompt, query and document).
@@ -77,6 +77,7 @@ class PairScorer:
         # The query image takes the model card's path once; every row then shares it.
         self.query, self.instruction = query, instruction
         self.query_image = None if query_image is None else model_card_image(query_image)
+        self._query_pixels = None if self.query_image is None else processor_pixels(self.query_image)
         self.prompt = render_prompt(processor, query, instruction, with_query_image=query_image is not None)
         tokenizer = processor.tokenizer
         self.yes_id, self.no_id = (_single_token_id(tokenizer, w) for w in (YES_TOKEN, NO_TOKEN))
@@ -135,12 +136,19 @@ class PairScorer:
     def prepare_row(self, item: PlannedImage) -> PreparedRow:
         """Decode, reduce to model size and tokenise one pair. Raises ImageError or another
         exception for this image alone."""
-        image = model_card_image(item.source, reduce_to=self._draft_target(item.size))
-        images = [self.query_image, image] if self.query_image is not None else [image]
+        pixels = processor_pixels(model_card_image(item.source, reduce_to=self._draft_target(item.size)))
+        images = [pixels] if self._query_pixels is None else [self._query_pixels, pixels]
         inputs = dict(
-            self.processor(text=[self.prompt], images=[images], padding=True, return_tensors="pt", size=self.size)
+            self.processor(
+                text=[self.prompt],
+                images=[images],
+                padding=True,
+                return_tensors="pt",
+                size=self.size,
+                input_data_format="channels_first",
+            )
         )
-        del image, images  # the decoded pixels are not kept: only the model-size patches are
+        del pixels, images  # the decoded pixels are not kept: only the model-size patches are
         # The forward casts to the model's dtype anyway; doing it here halves what waits in memory.
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         _, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][-1])
@@ -165,8 +173,8 @@ class PairScorer:
                     batch[key] = torch.cat([_left_pad(v, width, fill) for v in values])
                 else:
                     raise ValueError(f"unexpected processor output {key!r}: cannot batch it")
-        if self.device.type == "cuda":
-            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if self.device.type == "cuda":  # page-locked host memory: the copy to the GPU runs asynchronously
+            batch = {k: v.pin_memory() if _on_cpu(v) else v for k, v in batch.items()}
         return batch
 
     # -- model ----------------------------------------------------------------------------------
@@ -181,6 +189,10 @@ class PairScorer:
         # Only the last position's logits are needed: never materialise the full-vocabulary logits.
         logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
         return yes_probability(logits, self.yes_id, self.no_id).tolist()
+
+
+def _on_cpu(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu"
 
 
 def _left_pad(tensor: torch.Tensor, width: int, fill: int) -> torch.Tensor:

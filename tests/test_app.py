@@ -22,7 +22,6 @@ import streamlit as st
 from PIL import Image
 from streamlit.proto.Common_pb2 import FileURLs
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
 from streamlit.testing.v1 import AppTest
 
@@ -68,26 +67,6 @@ def rank_calls(monkeypatch):
 
     monkeypatch.setattr(Reranker, "rank", counting)
     return calls
-
-
-@pytest.fixture
-def app(monkeypatch, demo_cache):
-    monkeypatch.setenv("LYCHEE_MODEL", "demo")
-    monkeypatch.setenv("LYCHEE_CACHE", str(demo_cache))
-    # `streamlit run` stops treating pages/ as an old-style page directory once the app calls
-    # st.navigation (for the whole process). AppTest resets that flag before every run, which makes
-    # its reruns execute the page alone, without app.py; keep it as the real server has it.
-    original_init = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.run()
-    assert not at.exception
-    return at
 
 
 def photos(count: int) -> list[tuple[str, bytes, str]]:

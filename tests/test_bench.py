@@ -236,6 +236,33 @@ def test_no_overlap_and_worker_threads_levers_keep_the_scores(reranker, tmp_path
         assert [r.score for r in reranker.rank("a cat", paths, workers=2).results] == pytest.approx(expected, abs=1e-6)
 
 
+def test_processor_device_lever_swaps_the_pixels_hand_over_keeps_the_scores_and_restores(reranker, tmp_path):
+    from lychee_rerank import scoring
+
+    paths = workload.write_images([workload.ImageSpec("photo", 90 + 7 * i, 60) for i in range(3)], seed=0, cache_dir=tmp_path)
+    expected = [r.score for r in reranker.rank("a cat", paths).results]
+    original = scoring.processor_pixels
+    with levers.engine_levers(processor_device="cpu"):
+        assert scoring.processor_pixels is not original
+        assert [r.score for r in reranker.rank("a cat", paths).results] == expected
+    assert scoring.processor_pixels is original
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("gpu0", "takes a torch device"), ("cuda", "no CUDA GPU is available here")],
+)
+def test_processor_device_refuses_a_device_it_cannot_use(device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU, so cuda is a usable device here")
+    parser = argparse.ArgumentParser()
+    bench.add_bench_arguments(parser)
+    with pytest.raises(bench.BenchError, match=message):
+        bench.settings_from_args(parser.parse_args(["--processor-device", device]))
+
+
 def test_workers_takes_counts_and_no_overlap_is_workers_zero():
     parser = argparse.ArgumentParser()
     bench.add_bench_arguments(parser)

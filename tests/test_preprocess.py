@@ -1,12 +1,14 @@
-"""The opt-in fast path: large JPEGs decoded at a reduced DCT scale, planned exactly, scored closely."""
+"""What the processor is given: the exact path's pixels handed over cheaply, and the opt-in fast path
+(large JPEGs decoded at a reduced DCT scale, planned exactly, scored closely)."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from imagegen import encode, photo
 from lychee_rerank.images import load_image, probe_image
-from lychee_rerank.preprocess import jpeg_draft_size
+from lychee_rerank.preprocess import jpeg_draft_size, processor_pixels
 
 QUERY = "海边日落 sunset over the sea"
 
@@ -20,6 +22,27 @@ def phone_jpegs(tmp_path_factory):
         path.write_bytes(encode(photo(w, h, seed=i), "JPEG", quality=90))
         paths.append(str(path))
     return paths
+
+
+@pytest.mark.parametrize("size", [(28, 28), (56, 5600), (812, 1204), (4032, 3024)])
+def test_the_processor_makes_the_same_inputs_of_the_handed_over_pixels_as_of_the_image(reranker, size):
+    image = photo(*size, seed=7)
+    processor = reranker.processor
+    expected = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[[image]], return_tensors="pt")
+    handed_over = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>"],
+        images=[[processor_pixels(image)]],
+        return_tensors="pt",
+        input_data_format="channels_first",
+    )
+    assert expected.keys() == handed_over.keys()
+    for key in expected:
+        assert torch.equal(expected[key], handed_over[key]), key
+
+
+def test_only_rgb_images_are_handed_over():
+    with pytest.raises(ValueError, match="RGB"):
+        processor_pixels(photo(40, 30).convert("L"))
 
 
 @pytest.mark.parametrize("target", [(1148, 840), (1009, 756), (200, 150), (4032, 3024)])

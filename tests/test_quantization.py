@@ -23,7 +23,6 @@ from lychee_rerank.loading import DEFAULT_MAX_PIXELS
 from lychee_rerank.quantization import choose_quantization, weight_sizes, working_batch_bytes
 
 from imagegen import encode
-from test_app import app  # noqa: F401  (the AppTest fixture)
 
 GB, GIB = 10**9, 2**30
 QUERY = "一只猫 a cat"

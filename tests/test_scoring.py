@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from PIL import Image
 
 from imagegen import photo
 from lychee_rerank import DEFAULT_INSTRUCTION, InputError
@@ -273,9 +274,14 @@ class PickyProcessor:
         return getattr(self._processor, name)
 
     def __call__(self, *args, images=None, **kwargs):
-        if any(image.size == self._odd_size for row in images for image in row):
+        if any(_size(image) == self._odd_size for row in images for image in row):
             raise ValueError("unsupported image")
         return self._processor(*args, images=images, **kwargs)
+
+
+def _size(image) -> tuple[int, int]:
+    """(width, height) of a PIL image or of a channels-first tensor."""
+    return image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])
 
 
 def test_an_image_the_processor_rejects_fails_alone_and_its_batch_is_still_scored(reranker, some_photos, monkeypatch):

@@ -119,6 +119,7 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
             "preprocess": s.preprocess,
             "workers": [available_cpus() if w is None else w for w in s.workers],  # 0: prepared inline
             "worker_torch_threads": s.worker_torch_threads,
+            "processor_device": s.processor_device,
             "torch_threads": s.torch_threads,
             "logits_to_keep": options.logits_positions,
             "gc_collect": not s.no_gc,
@@ -146,7 +147,8 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
         report["memory_run"] = {"images": s.memory_run, "report_every": s.report_every, "runs": []}
     cache = s.image_cache or default_cache_dir()
     with MemorySampler(device) as sampler, torch_threads(s.torch_threads), \
-            engine_levers(gc_collect=not s.no_gc, worker_torch_threads=s.worker_torch_threads):
+            engine_levers(gc_collect=not s.no_gc, worker_torch_threads=s.worker_torch_threads,
+                          processor_device=s.processor_device):
         for workload in s.sizes:
             started = time.perf_counter()
             paths = write_workload(workload, s.memory_run or images, s.seed, cache)

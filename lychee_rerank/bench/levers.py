@@ -11,6 +11,9 @@ benchmark switches:
 - ``--worker-torch-threads N``: each preprocessing worker sets its own torch intra-op thread count
   before its first row (the thread that runs the forward keeps its own).
 - ``--full-logits``: the model wrapped so that ``logits_to_keep`` is 0 (logits at every position).
+- ``--processor-device cuda``: ``scoring.processor_pixels`` -> a version that moves each image's
+  pixels to that device, so the processor's resize, rescale, normalise and patchify run there (the
+  torchvision backend works on the tensor's device). Decoding and qwen-vl-utils stay on the CPU.
 """
 
 from __future__ import annotations
@@ -89,6 +92,16 @@ def feeder_with_worker_threads(feeder_class, threads: int):
     return WorkerThreadsFeeder
 
 
+def pixels_on_device(device: str):
+    """``processor_pixels`` whose result is moved to ``device`` (the processor then runs there)."""
+    from ..preprocess import processor_pixels
+
+    def processor_pixels_on_device(image):
+        return processor_pixels(image).to(device)
+
+    return processor_pixels_on_device
+
+
 def empty_cache_only() -> int:
     """``free_cached_memory`` without its gc.collect() (torch.cuda.empty_cache still runs)."""
     torch = sys.modules.get("torch")
@@ -98,9 +111,14 @@ def empty_cache_only() -> int:
 
 
 @contextlib.contextmanager
-def engine_levers(overlap: bool = True, gc_collect: bool = True, worker_torch_threads: int | None = None):
+def engine_levers(
+    overlap: bool = True,
+    gc_collect: bool = True,
+    worker_torch_threads: int | None = None,
+    processor_device: str | None = None,
+):
     """Swap, for the bench only, the names the engine calls (see the module's docstring); restored on exit."""
-    from .. import execution, pipeline, reranker
+    from .. import execution, pipeline, reranker, scoring
 
     feeder = pipeline.RowFeeder
     if not overlap:
@@ -113,6 +131,8 @@ def engine_levers(overlap: bool = True, gc_collect: bool = True, worker_torch_th
         swaps += [(execution, "RowFeeder", feeder, option), (reranker, "RowFeeder", feeder, option)]
     if not gc_collect:
         swaps.append((execution, "free_cached_memory", empty_cache_only, "--no-gc"))
+    if processor_device is not None:
+        swaps.append((scoring, "processor_pixels", pixels_on_device(processor_device), "--processor-device"))
     originals = []
     try:
         for module, name, replacement, option in swaps:

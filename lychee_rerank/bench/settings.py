@@ -66,6 +66,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-gc", action="store_true", help="lever: skip the gc.collect() the engine runs after each sequential image (empty_cache still runs)")
     parser.add_argument("--torch-threads", type=int, metavar="N", help="lever: torch.set_num_threads(N) for the whole run (default: torch's own choice)")
     parser.add_argument("--worker-torch-threads", type=int, metavar="N", help="lever: torch intra-op threads inside each preprocessing worker (the forward keeps its own)")
+    parser.add_argument("--processor-device", metavar="DEVICE", help="lever: run the image processor's resize and normalisation on this device (e.g. cuda); decoding stays on the CPU")
     parser.add_argument("--memory-run", type=int, metavar="N", help="instead: score N images per mode and size, reporting peak memory as it goes")
     parser.add_argument("--report-every", type=int, default=100, metavar="N", help="memory run: report every N images (default: 100)")
     parser.add_argument("--repeat", type=int, default=1, metavar="K", help="measure each mode and size K times, interleaved, and keep the median run (default: 1)")
@@ -98,6 +99,7 @@ class Settings:
     no_gc: bool
     torch_threads: int | None
     worker_torch_threads: int | None
+    processor_device: str | None
     memory_run: int | None
     report_every: int
     repeat: int
@@ -141,6 +143,20 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return tuple(modes)
 
 
+def parse_device(text: str | None) -> str | None:
+    if text is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise BenchError(f"--processor-device takes a torch device such as cuda or cuda:1 (got {text!r})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"--processor-device {text}: no CUDA GPU is available here")
+    return str(device)
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     def positive(name: str, value: int | None) -> None:
         if value is not None and value <= 0:
@@ -180,6 +196,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         no_gc=args.no_gc,
         torch_threads=args.torch_threads,
         worker_torch_threads=args.worker_torch_threads,
+        processor_device=parse_device(args.processor_device),
         memory_run=args.memory_run,
         report_every=args.report_every,
         repeat=args.repeat,

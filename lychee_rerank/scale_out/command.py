@@ -30,7 +30,7 @@ def asked_for(args: argparse.Namespace) -> bool:
 def run_rank_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..cli import PROG, UsageError, checked_inputs, format_table, write_outputs
+    from ..cli import PROG, UsageError, checked_inputs, print_ranking, write_outputs
     from ..loading import ModelLoadError
     from ..reranker import InputError
 
@@ -92,14 +92,8 @@ def run_rank_command(args: argparse.Namespace) -> int:
     ranking = run.ranking
     if ranking.is_demo:
         print(f"{PROG}: demo model (random weights): the scores are meaningless", file=sys.stderr)
-    print(format_table(ranking.ranked(), args.top))
     where = f"{run.workers} Ray worker{'s' if run.workers > 1 else ''} on {'GPUs' if run.gpus_per_worker else 'CPU'}"
-    summary = f"{len(ranking.scored)} scored, {len(ranking.errors)} failed in {ranking.elapsed_s:.1f} s ({ranking.mode}, {where})"
-    if run.already_done:
-        summary += f"; {run.already_done} were already in {args.out}"
-    if ranking.pending:
-        summary += f"; {len(ranking.pending)} not scored"
-    print(f"{PROG}: {summary}", file=sys.stderr)
+    print_ranking(ranking, args.top, where, f"{run.already_done} were already in {args.out}" if run.already_done else "")
     if ranking.error:
         print(f"{PROG}: a replica stopped early: {ranking.error}", file=sys.stderr)
     if (ranking.cancelled or ranking.error) and args.out:
