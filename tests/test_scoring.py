@@ -421,18 +421,18 @@ def test_waiting_runs_are_told_their_place_in_the_queue_and_waiting_is_not_ranki
     def run(name):
         results[name] = reranker.rank(QUERY, some_photos[:1], progress=events[name].append)
 
-    second = threading.Thread(target=run, args=("second",))
-    second.start()
-    for _ in range(200):
-        if events["second"]:
-            break
-        threading.Event().wait(0.02)
-    third = threading.Thread(target=run, args=("third",))
-    third.start()
-    for _ in range(200):
-        if events["third"]:
-            break
-        threading.Event().wait(0.02)
+    def start_queued(name):
+        """Start a run and wait until it has reported its place in the queue."""
+        thread = threading.Thread(target=run, args=(name,))
+        thread.start()
+        for _ in range(200):
+            if events[name]:
+                break
+            threading.Event().wait(0.02)
+        return thread
+
+    second = start_queued("second")
+    third = start_queued("third")
     threading.Event().wait(0.5)  # waiting time that must not count as ranking time
     release_first.set()
     for thread in (first, second, third):
