@@ -4,6 +4,9 @@ The engine behind the Streamlit app and the CLI; it never imports Streamlit.
 
     reranker = Reranker.load("demo")            # or a hub id / local directory
     ranking = reranker.rank("海边日落 sunset over the sea", ["a.jpg", "b.png"])
+    # or, with every setting in one object (what the CLI, the app and Ray replicas hand around):
+    settings = RunSettings.build("海边日落", model="demo", preprocess="fast")
+    ranking = Reranker.load(settings.model).run(settings, ["a.jpg", "b.png"])
     for result in ranking.ranked():
         print(result.rank, result.name, result.score, result.error)
 """
@@ -26,6 +29,7 @@ from .prompt import DEFAULT_INSTRUCTION, SYSTEM_PROMPT
 from .quantization import QUANTIZE_MODES
 from .reranker import InputError, Reranker
 from .results import ImageResult, Progress, Ranking, ranked
+from .settings import ModelSettings, QueryImage, RunSettings
 
 __all__ = [
     "ATTENTIONS",
@@ -45,9 +49,12 @@ __all__ = [
     "InputError",
     "ModelInfo",
     "ModelLoadError",
+    "ModelSettings",
+    "QueryImage",
     "Progress",
     "Ranking",
     "Reranker",
+    "RunSettings",
     "default_model",
     "ranked",
 ]

@@ -4,6 +4,9 @@ whose message is one sentence."""
 
 from __future__ import annotations
 
+import re
+from typing import Iterable
+
 from PIL import Image
 
 from .images import ImageError, ImageSource, load_image
@@ -22,6 +25,28 @@ def check_query(query: str | None, has_query_image: bool) -> str:
     if not query and not has_query_image:
         raise InputError("type a query (or give a query image) to rank the images against")
     return query
+
+
+# Chat-template control tokens (<|im_start|>, <|image_pad|>, <|vision_start|>, ...): in user text they
+# would be read as the prompt's structure ("a cat<|im_end|>...assistant\nyes") or break the processor.
+CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+
+
+def check_text(what: str, text: str, special_tokens: Iterable[str] = ()) -> None:
+    """User text is text: refused in one sentence when it is not valid Unicode (undecodable bytes
+    from a terminal or a file arrive as lone surrogates) or holds a control token of the chat
+    template or of the tokenizer (``special_tokens``), which would be read as prompt structure."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} is not valid UTF-8 text; type it again or fix the encoding of the file it came from") from None
+    found = CONTROL_TOKEN.search(text)
+    token = found.group(0) if found else next((t for t in special_tokens if t and t in text), None)
+    if token is not None:
+        raise InputError(
+            f"{what} contains {token!r}, a control token of the model's prompt; remove it (such tokens are "
+            "never read as text, they would change the prompt's structure)"
+        )
 
 
 def check_pixels(min_pixels: int, max_pixels: int) -> None:

@@ -1,4 +1,9 @@
-"""CSV and JSON exports of a ranking: the same records for the app's downloads and the CLI.
+"""CSV and JSON exports of a ranking: one schema (the same keys, the same types) for the app's
+downloads, the CLI and the Ray command; and writing them safely.
+
+Scores are written at full precision (the shortest text that reads back as the same float), never
+rounded: the order of near-ties must be rebuildable from the file. CSV rows end in CRLF (RFC 4180),
+so a carriage return inside a name is quoted like a line feed is.
 
 File names that are not valid text. On Linux a file name is bytes; Python turns bytes that are not
 UTF-8 into lone surrogates (``os.fsdecode``), which no UTF-8 file can hold. Every text cell is
@@ -12,9 +17,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Iterable
+import os
+import re
+import stat
+import tempfile
+from typing import TYPE_CHECKING, Iterable
 
 from .results import ImageResult, ranked
+
+if TYPE_CHECKING:
+    from .results import Ranking
 
 COLUMNS = (
     "rank", "file", "score", "error", "width", "height", "model_width", "model_height", "visual_tokens", "file_bytes",
@@ -41,6 +53,15 @@ def readable(text: str) -> str:
     """Text safe for any UTF-8 file or terminal: undecodable bytes of a name shown as ``\\xNN``."""
     raw = name_bytes(text)
     return text if raw is None else raw.decode("utf-8", "backslashreplace")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``readable`` text with every control character shown escaped (``\\x1b``, ``\\r``, ...): a file
+    name printed to a terminal must not clear the screen, set the window title or split a line."""
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), readable(text))
 
 
 def _readable_value(value):
@@ -74,7 +95,7 @@ def _safe_cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6f}"
+        return repr(value)  # the shortest text that reads back as the same float: no rounding
     text = str(value)
     return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
 
@@ -82,14 +103,116 @@ def _safe_cell(value) -> str:
 def to_csv(results: Iterable[ImageResult]) -> str:
     """CSV text (header ``rank,file,score,error,...``); text cells a spreadsheet would run are neutralised."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(COLUMNS)
     for row in records(results):
         writer.writerow([_safe_cell(row[c]) for c in COLUMNS])
     return buffer.getvalue()
 
 
-def to_json(results: Iterable[ImageResult], **metadata) -> str:
+def metadata(ranking: "Ranking", **extra) -> dict:
+    """What every JSON export holds besides the rows: the run's whole settings (``RunSettings.record``)
+    and how it went. The one schema for the app, the CLI and the Ray command."""
+    settings = ranking.settings.record() if ranking.settings is not None else {}
+    data = {
+        **settings,
+        "model": ranking.model or settings.get("model"),
+        "query": ranking.query,
+        "instruction": ranking.instruction,
+        "demo_model": ranking.is_demo,
+        "quantization": ranking.quantization,
+        "mode_used": ranking.mode,
+        "elapsed_s": ranking.elapsed_s,
+        "cancelled": ranking.cancelled,
+        "error": ranking.error,
+        "scored": len(ranking.scored),
+        "errors": len(ranking.errors),
+        "pending": len(ranking.pending),
+    }
+    if ranking.is_demo:
+        data["note"] = "demo model: random weights, the scores mean nothing"
+    data.update(extra)
+    return data
+
+
+def to_json(ranking: "Ranking", **extra) -> str:
     """JSON text: ``{...metadata, "results": [records]}``."""
-    metadata = {key: _readable_value(value) for key, value in metadata.items()}
-    return json.dumps({**metadata, "results": records(results)}, ensure_ascii=False, indent=2)
+    data = {key: _readable_value(value) for key, value in metadata(ranking, **extra).items()}
+    return json.dumps({**data, "results": records(ranking.results)}, ensure_ascii=False, indent=2)
+
+
+class OutputError(OSError):
+    """An output could not be written; the previous file, if any, is intact. One sentence."""
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that it is either the new file, whole, or the old one, untouched:
+    a temporary file in the same folder, fsync, then rename over the target. A link is written
+    through (its target is replaced). Raises OutputError."""
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    try:
+        if not stat.S_ISREG(os.stat(target).st_mode):  # a device or a pipe is written to, never replaced
+            _write_in_place(path, target, text)
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise OutputError(f"could not write {os.fspath(path)}: {exc.strerror or exc}") from None
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".partial", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"could not write {os.fspath(path)}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.chmod(temporary, os.stat(target).st_mode & 0o7777)  # an existing file keeps its permissions
+        except FileNotFoundError:
+            os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, target)
+    except OSError as exc:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        kept = " (the previous file is unchanged)" if os.path.exists(target) else ""
+        raise OutputError(f"could not write {os.fspath(path)}: {exc.strerror or exc}{kept}") from None
+    try:  # the rename itself is durable once the folder is synced
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _write_in_place(path, target: str, text: str) -> None:
+    try:
+        with open(target, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+    except OSError as exc:
+        raise OutputError(f"could not write {os.fspath(path)}: {exc.strerror or exc}") from None
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """Whether two output paths name one file: the same spelling, a link, or a hard link."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one does not exist yet: compare where each would be written
+        return os.path.realpath(first) == os.path.realpath(second)

@@ -9,7 +9,6 @@ import time
 from typing import Callable, Sequence
 
 from .execution import (
-    MODES,
     Outcome,
     ProgressClock,
     describe_error,
@@ -17,13 +16,12 @@ from .execution import (
     run_batched,
     run_sequential,
 )
-from .checks import InputError, check_pixels, check_query, load_query_image
+from .checks import InputError, check_text, load_query_image
 from .images import ImageError, ImageSource, probe_image, source_name
-from .loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelInfo, load_model
+from .loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelInfo, ModelLoadError, load_model
 from .pipeline import RowFeeder, available_cpus
-from .preprocess import PREPROCESS_MODES
-from .prompt import DEFAULT_INSTRUCTION
 from .results import ImageResult, Progress, Ranking
+from .settings import ModelSettings, RunSettings
 from .scoring import PairScorer, PlannedImage, QueryTooLongError
 
 ProgressCallback = Callable[[Progress], None]
@@ -35,19 +33,30 @@ class Reranker:
     """A loaded Lychee reranker. One instance may serve many threads: runs take the device one at a
     time, in the order they asked for it (callers waiting are told their place in the queue)."""
 
-    def __init__(self, model, processor, info: ModelInfo, *, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        model,
+        processor,
+        info: ModelInfo,
+        *,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        model_settings: ModelSettings | None = None,
+    ):
         self.model = model
         self.processor = processor
         self.info = info
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
+        # What was asked for when loading: settings for another model are refused by run().
+        self.model_settings = model_settings or ModelSettings.build(info.name, dtype=info.dtype)
         self._turns = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()  # the head holds the device
 
     @classmethod
     def load(
         cls,
-        model: str | None = None,
+        model: str | ModelSettings | None = None,
         *,
         dtype: str = "auto",
         attention: str = "auto",
@@ -56,17 +65,32 @@ class Reranker:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         quantize: str = "auto",
     ) -> "Reranker":
-        """Load a model by hub id, directory or 'demo' (default: $LYCHEE_MODEL or the real model).
+        """Load a model by hub id, directory or 'demo' (default: $LYCHEE_MODEL or the real model), or
+        as a run's ``ModelSettings`` say (then dtype, attention and quantize come from them).
         ``quantize``: "auto" (by free GPU memory; none on CPU), "none", "8bit" or "4bit".
         Raises ModelLoadError with a one-sentence explanation."""
+        if not isinstance(model, ModelSettings):
+            try:
+                model = ModelSettings.build(model, dtype=dtype, quantize=quantize, attention=attention)
+            except InputError as exc:
+                raise ModelLoadError(str(exc)) from None
         loaded_model, processor, info = load_model(
-            model, dtype=dtype, attention=attention, device_map=device_map, quantize=quantize
+            model.name, dtype=model.dtype, attention=model.attention, device_map=device_map, quantize=model.quantize
         )
-        return cls(loaded_model, processor, info, min_pixels=min_pixels, max_pixels=max_pixels)
+        return cls(loaded_model, processor, info, min_pixels=min_pixels, max_pixels=max_pixels, model_settings=model)
 
     @property
     def busy(self) -> bool:
         return bool(self._queue)
+
+    def settings(self, query: str | None = "", **options) -> RunSettings:
+        """Checked RunSettings for this reranker's model (InputError, one sentence). ``options`` are
+        RunSettings.build's; the resolution defaults to this reranker's."""
+        options.setdefault("min_pixels", None)
+        options.setdefault("max_pixels", None)
+        options["min_pixels"] = options["min_pixels"] or self.min_pixels
+        options["max_pixels"] = options["max_pixels"] or self.max_pixels
+        return RunSettings.build(query, model=self.model_settings, **options)
 
     def rank(
         self,
@@ -86,31 +110,51 @@ class Reranker:
         should_stop: StopFlag | None = None,
     ) -> Ranking:
         """Score every image against the query; results come back in input order (see Ranking.ranked()).
+        A shorthand for ``run(self.settings(query, ...), images, ...)``.
 
         ``progress`` is called after every image or batch, with the results just finished;
         ``should_stop`` is polled between forwards and stops the run early, keeping what is done.
         ``preprocess``: "exact" (the model card's image path) or "fast" (JPEG draft decoding);
         ``workers``: preprocessing threads (default: the CPUs this process may use).
-
-        Every input is accounted for, whatever happens: scored, errored, or pending. A bad argument
-        raises InputError before any work; an unexpected error during the run stops it and is
-        recorded in ``Ranking.error``, with every finished score kept.
         """
-        if mode not in MODES:
-            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        settings = self.settings(
+            query, query_image=query_image, instruction=instruction, mode=mode, max_pixels=max_pixels,
+            min_pixels=min_pixels, token_budget=token_budget, preprocess=preprocess, workers=workers,
+        )
+        return self.run(settings, images, names=names, progress=progress, should_stop=should_stop)
+
+    def run(
+        self,
+        settings: RunSettings,
+        images: Sequence[ImageSource],
+        *,
+        names: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+        should_stop: StopFlag | None = None,
+    ) -> Ranking:
+        """Score every image under ``settings`` (the one object every front end builds); results come
+        back in input order.
+
+        Every input is accounted for, whatever happens: scored, errored, or pending. Bad settings (or
+        settings made for another model) raise InputError before any work; an unexpected error during
+        the run stops it and is recorded in ``Ranking.error``, with every finished score kept.
+        """
+        if settings.model != self.model_settings:
+            raise InputError(
+                f"these settings are for {_describe_model(settings.model)}, but this reranker holds "
+                f"{_describe_model(self.model_settings)}"
+            )
         if names is not None and len(names) != len(images):
             raise InputError(f"{len(names)} names for {len(images)} images")
-        scorer = self._scorer(query, query_image, instruction, min_pixels, max_pixels, preprocess)
-        if workers is not None and workers < 1:
-            raise InputError(f"workers must be at least 1, not {workers}")
+        scorer = self._scorer(settings)
         stop = _as_stop_callable(should_stop)
         notify = progress or (lambda _event: None)
         results: list[ImageResult] = [
             ImageResult(i, names[i] if names is not None else source_name(src, i)) for i, src in enumerate(images)
         ]
-        used_mode = "sequential" if mode == "sequential" else "batched"
+        used_mode = "sequential" if settings.mode == "sequential" else "batched"
         if not self._acquire(notify, stop, len(images)):
-            return self._ranking(scorer, results, used_mode, 0.0, cancelled=True)
+            return self._ranking(settings, results, used_mode, 0.0, cancelled=True)
         start = time.perf_counter()  # ranking time only: waiting in the queue does not count
         cancelled, error = False, None
         try:
@@ -132,40 +176,30 @@ class Reranker:
                 record([_to_result(o) for o in outcomes], work, batch_size, budget)
 
             if used_mode == "sequential":
-                cancelled = run_sequential(planned, scorer, emit, stop, workers)
+                cancelled = run_sequential(planned, scorer, emit, stop, settings.workers)
             else:
+                token_budget = settings.token_budget
                 if token_budget is None:
                     dtype_bytes = self.model.dtype.itemsize
                     token_budget = initial_token_budget(scorer.device, self.model.config, dtype_bytes)
-                cancelled = run_batched(planned, scorer, emit, stop, token_budget, workers=workers)
+                cancelled = run_batched(planned, scorer, emit, stop, token_budget, workers=settings.workers)
         except Exception as exc:  # the finished scores survive; the rest stay pending
             log.debug("ranking stopped by an unexpected error", exc_info=True)  # for whoever enables logging
             error = describe_error(exc)
         finally:
             self._release()
-        return self._ranking(scorer, results, used_mode, time.perf_counter() - start, cancelled, error)
+        return self._ranking(settings, results, used_mode, time.perf_counter() - start, cancelled, error)
 
-    def prepare_only(
-        self,
-        query: str,
-        images: Sequence[ImageSource],
-        *,
-        query_image: ImageSource | None = None,
-        instruction: str | None = None,
-        max_pixels: int | None = None,
-        min_pixels: int | None = None,
-        preprocess: str = "exact",
-        workers: int | None = None,
-    ) -> int:
+    def prepare_only(self, settings: RunSettings, images: Sequence[ImageSource]) -> int:
         """Run only the CPU side of a ranking (planning, decoding, qwen-vl-utils, the processor) on the
         same worker pool, without the model; returns how many images were prepared. The benchmark's
         preprocessing ceiling."""
-        scorer = self._scorer(query, query_image, instruction, min_pixels, max_pixels, preprocess)
+        scorer = self._scorer(settings)
         results = [ImageResult(i, source_name(src, i)) for i, src in enumerate(images)]
         planned, _ = self._plan(scorer, images, results)
         order = sorted(planned, key=lambda i: (-i.sequence_tokens, i.index))
         prepared = 0
-        with RowFeeder(order, scorer.prepare_row, workers or available_cpus()) as feeder:
+        with RowFeeder(order, scorer.prepare_row, settings.workers or available_cpus()) as feeder:
             for item in order:
                 try:
                     feeder.get(item)
@@ -176,19 +210,19 @@ class Reranker:
         return prepared
 
     # -- internals ------------------------------------------------------------------------------
-    def _scorer(self, query, query_image, instruction, min_pixels, max_pixels, preprocess) -> PairScorer:
-        """Validate a run's settings (InputError, one sentence) and build its scorer."""
-        query = check_query(query, query_image is not None)
-        min_pixels = min_pixels or self.min_pixels
-        max_pixels = max_pixels or self.max_pixels
-        check_pixels(min_pixels, max_pixels)
-        if preprocess not in PREPROCESS_MODES:
-            raise InputError(f"unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_MODES)}")
-        query_picture = None if query_image is None else load_query_image(query_image)
-        instruction = (instruction or "").strip() or DEFAULT_INSTRUCTION
+    def _scorer(self, settings: RunSettings) -> PairScorer:
+        """The run's scorer; InputError (one sentence) when the text holds one of this tokenizer's
+        own control tokens or leaves no room for an image."""
+        tokenizer = self.processor.tokenizer
+        special = list(getattr(tokenizer, "all_special_tokens", []) or [])
+        special += [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)]
+        check_text("the query", settings.query, special)
+        check_text("the instruction", settings.instruction, special)
+        query_picture = None if settings.query_image is None else load_query_image(settings.query_image.data)
         try:
             return PairScorer(
-                self.model, self.processor, query, instruction, query_picture, min_pixels, max_pixels, preprocess
+                self.model, self.processor, settings.query, settings.instruction, query_picture,
+                settings.min_pixels, settings.max_pixels, settings.preprocess,
             )
         except QueryTooLongError as exc:
             raise InputError(str(exc)) from None
@@ -242,10 +276,10 @@ class Reranker:
             self._queue.popleft()
             self._turns.notify_all()
 
-    def _ranking(self, scorer, results, mode, elapsed, cancelled, error=None) -> Ranking:
+    def _ranking(self, settings: RunSettings, results, mode, elapsed, cancelled, error=None) -> Ranking:
         return Ranking(
-            query=(scorer.query or ""),
-            instruction=scorer.instruction,
+            query=settings.query,
+            instruction=settings.instruction,
             results=tuple(results),
             mode=mode,
             elapsed_s=elapsed,
@@ -253,7 +287,13 @@ class Reranker:
             model=self.info.name,
             is_demo=self.info.is_demo,
             error=error,
+            settings=settings,
+            quantization=self.info.quantization,
         )
+
+
+def _describe_model(model: ModelSettings) -> str:
+    return f"{model.name} ({model.dtype}, quantisation {model.quantize})"
 
 
 def _to_result(outcome: Outcome) -> ImageResult:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from .settings import RunSettings
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Ranking:
     # Set when an unexpected error stopped the run ("RuntimeError: ..."): what finished is kept, the
     # rest stays pending.
     error: str | None = None
+    settings: "RunSettings | None" = None  # the run's whole settings, recorded in every output
+    quantization: str | None = None  # the weights actually loaded ("none", "8bit", "4bit")
 
     def ranked(self) -> list[ImageResult]:
         return ranked(self.results)

@@ -90,10 +90,21 @@ class PairScorer:
         limit = min(TRAINED_INPUT_TOKENS, self.max_sequence_tokens)
         smallest_image = self._processor_tokens(1, 1)
         if self._base_tokens + smallest_image > limit:
-            raise QueryTooLongError(
-                f"the query is too long: with the prompt it takes {self._base_tokens:,} tokens, and the model "
-                f"was trained on inputs of at most {limit:,} tokens including the image; shorten it"
-            )
+            raise QueryTooLongError(self._too_long_message(tokenizer, query_tokens, limit))
+
+    def _too_long_message(self, tokenizer, query_image_tokens: int, limit: int) -> str:
+        """Names the part that is too long: the instruction, the query text or the query image."""
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        parts = {"the instruction": count(self.instruction or ""), "the query": count(self.query or ""),
+                 "the query image": query_image_tokens}
+        longest = max(parts, key=parts.get)
+        return (
+            f"{longest} is too long: with the prompt the query takes {self._base_tokens:,} tokens ({longest} "
+            f"{parts[longest]:,}), and the model was trained on inputs of at most {limit:,} tokens including "
+            f"the image; shorten {'it' if longest != 'the query image' else 'the query or use a smaller query image'}"
+        )
 
     # -- planning -------------------------------------------------------------------------------
     def _processor_tokens(self, width: int, height: int) -> int:

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from lychee_rerank import DEFAULT_INSTRUCTION, PREPROCESS_MODES
+from lychee_rerank import DEFAULT_INSTRUCTION, PREPROCESS_MODES, InputError, ModelSettings, QueryImage as QueryPicture, RunSettings
 from ui import fmt, media, results, session, sources
 from ui import model as model_ui
 from ui import state as run_state
 from ui.i18n import t
-from ui.state import Item, QueryKey, Run
+from ui.state import Item, Run
 from ui.widgets import choice, memory_readout
 
 RUN_KEY = run_state.SESSION_KEY  # the session's Run
@@ -215,17 +215,27 @@ def _inputs() -> tuple[QueryImage | None, list[Item], str]:
     return query_image, items, source
 
 
-def _current_key(query_image: QueryImage | None, model_name: str, dtype: str) -> QueryKey:
-    instruction = (st.session_state.get("instruction") or "").strip() or DEFAULT_INSTRUCTION
+def _current_settings(query_image: QueryImage | None, outcome) -> tuple[RunSettings | None, str | None]:
+    """The page's RunSettings (the one object the engine gets and the downloads record), or the
+    sentence saying why the inputs cannot be used (e.g. a control token in the query)."""
     tokens = st.session_state.get("tokens") or TOKEN_PRESETS[-1]
-    return QueryKey(
-        query=(st.session_state.get("query") or "").strip(),
-        query_image=query_image.item.digest if query_image else None,
-        instruction=instruction,
-        max_pixels=int(tokens) * PIXELS_PER_TOKEN,
-        model=f"{model_name}|{dtype}",
-        preprocess=st.session_state.get("preprocess") or "exact",
-    )
+    picture = None
+    if query_image is not None and query_image.error is None:
+        picture = QueryPicture(query_image.item.source, query_image.item.name)
+    if not (st.session_state.get("query") or "").strip() and picture is None:
+        return None, None  # nothing typed yet: the page asks for a query in its own words
+    try:
+        return RunSettings.build(
+            st.session_state.get("query") or "",
+            model=ModelSettings(outcome.name, outcome.dtype, outcome.quantize),
+            instruction=st.session_state.get("instruction"),
+            query_image=picture,
+            max_pixels=int(tokens) * PIXELS_PER_TOKEN,
+            preprocess=st.session_state.get("preprocess") or "exact",
+            mode=st.session_state.get("mode") or "auto",
+        ), None
+    except InputError as exc:
+        return None, fmt.sentence(str(exc))
 
 
 def _same_files(run: Run, items: list[Item]) -> bool:
@@ -267,8 +277,8 @@ def _live_panel() -> None:
 
 
 # -- page ---------------------------------------------------------------------------------------
-def _start(run: Run, reranker, items: list[Item]) -> None:
-    run.start(reranker, mode=st.session_state.get("mode") or "auto", session_alive=session.liveness())
+def _start(run: Run, reranker, items: list[Item], settings: RunSettings) -> None:
+    run.start(reranker, settings=settings, session_alive=session.liveness())
     media.prepare_thumbnails(items, run.stop_event)
 
 
@@ -287,11 +297,12 @@ def main() -> None:
     if action == "rank" and st.session_state.get("upload_source") == "server":
         _scan_server_folder(force=True)  # rank what is in the folder now
     query_image, items, source = _inputs()
-    key = _current_key(query_image, outcome.name, f"{outcome.dtype}|{outcome.quantize}")
+    settings, settings_error = _current_settings(query_image, outcome)
     run: Run | None = st.session_state.get(RUN_KEY)
+    same_scores = run is not None and settings is not None and not settings.changes(run.settings)
 
     # Same query, other files: keep the scores of the files still there, the new ones wait for Resume.
-    if run is not None and not run.running and items and run.key == key and not _same_files(run, items):
+    if run is not None and not run.running and items and same_scores and not _same_files(run, items):
         run = run.rebase(items)
         st.session_state[RUN_KEY] = run
 
@@ -304,18 +315,16 @@ def main() -> None:
             notice = t("need_folder") if source == "server" else t("need_files")
         elif not query_image_usable:
             notice = t("need_good_query_image")
-        elif not key.query and key.query_image is None:
-            notice = t("need_query")
+        elif settings is None:
+            notice = settings_error or t("need_query")
         else:
-            run = Run(
-                key, items, query_image=query_image.item.source if query_image else None,
-                model_name=reranker.info.name, is_demo=reranker.info.is_demo,
-            )
+            run = Run(settings, items, model_name=reranker.info.name, is_demo=reranker.info.is_demo,
+                      quantization=reranker.info.quantization)
             st.session_state[RUN_KEY] = run
-            _start(run, reranker, run.items)
+            _start(run, reranker, run.items, settings)
     elif action == "resume" and run is not None and not run.running and reranker is not None:
-        if run.key == key and run.pending() and query_image_usable:
-            _start(run, reranker, [run.items[i] for i in run.pending()])
+        if same_scores and run.pending() and query_image_usable:
+            _start(run, reranker, [run.items[i] for i in run.pending()], settings)
     elif action == "clear" and run is not None and not run.running:
         st.session_state.pop(RUN_KEY, None)
         st.session_state.pop(results.VIEWER_KEY, None)
@@ -325,8 +334,8 @@ def main() -> None:
             st.rerun()  # redraw the emptied uploaders
 
     running = run is not None and run.running
-    can_resume = (run is not None and not running and reranker is not None and run.key == key and run.pending()
-                  and query_image_usable)
+    can_resume = (run is not None and not running and reranker is not None and same_scores and run.pending()
+                  and query_image_usable and not (run.error and run.error[0] == "input"))
     row = st.container(horizontal=True, gap="small")
     row.button(
         t("rank"), type="primary", on_click=_request, args=("rank",), key="rank_button",
@@ -345,7 +354,7 @@ def main() -> None:
     if running:
         _live_panel()
     elif run is not None:
-        results.show(run, key)
+        results.show(run, settings)
 
 
 main()

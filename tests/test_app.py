@@ -26,14 +26,14 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRe
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import encode, scene
-from lychee_rerank import DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, ImageResult, Progress, Ranking, Reranker, gpu, ranked
+from lychee_rerank import ImageResult, Progress, Ranking, Reranker, gpu, ranked
 from lychee_rerank.gpu import GpuReading
 from lychee_rerank.inputs import FoundImages
 from ui import media, sources
 from ui import model as model_ui
 from ui import results as results_ui
 from ui import state as run_state
-from ui.state import Item, QueryKey, Run
+from ui.state import Item, Run
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERY = "海边日落 sunset over the sea"
@@ -372,8 +372,7 @@ def test_a_run_waits_for_another_session_on_the_same_model(reranker):
     other_tab.start()
     try:
         assert holding.wait(10)
-        key = QueryKey(QUERY, None, DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, "demo|float32")
-        run = Run(key, [Item("a.png", "digest-a", encode(scene(1)))])
+        run = Run(reranker.settings(QUERY), [Item("a.png", "digest-a", encode(scene(1)))])
         run.start(reranker)
         deadline = time.monotonic() + 10
         while not run.waiting and time.monotonic() < deadline:
@@ -592,11 +591,10 @@ def test_clear_releases_the_uploads(app):
 
 # -- runs -------------------------------------------------------------------------------------------
 def test_a_run_whose_session_is_gone_stops_and_keeps_what_is_done(reranker):
-    key = QueryKey(QUERY, None, DEFAULT_INSTRUCTION, DEFAULT_MAX_PIXELS, "demo|float32")
-    run = Run(key, [Item(f"p{i}.png", f"d{i}", encode(scene(i))) for i in range(200)])
+    run = Run(reranker.settings(QUERY, mode="sequential"), [Item(f"p{i}.png", f"d{i}", encode(scene(i))) for i in range(200)])
     connected = threading.Event()
     connected.set()
-    run.start(reranker, mode="sequential", session_alive=connected.is_set)
+    run.start(reranker, session_alive=connected.is_set)
     deadline = time.monotonic() + 30
     while run.scored_count() < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

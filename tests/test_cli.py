@@ -361,12 +361,12 @@ def test_an_error_in_the_4th_of_10_forwards_keeps_3_scores_writes_10_rows_and_ex
 ERROR_RECORDED_ON_THE_RANKING = """
 import dataclasses
 from lychee_rerank import ImageResult, Reranker
-rank = Reranker.rank
-def stopped_after_two(self, query, images, **options):
-    ranking = rank(self, query, images[:2], **options)
+run = Reranker.run
+def stopped_after_two(self, settings, images, **options):
+    ranking = run(self, settings, images[:2], **options)
     pending = tuple(ImageResult(i, name) for i, name in enumerate(images) if i >= 2)
     return dataclasses.replace(ranking, results=ranking.results + pending, error="CUDA error: an illegal memory access")
-Reranker.rank = stopped_after_two
+Reranker.run = stopped_after_two
 """
 
 

@@ -8,7 +8,7 @@ import json
 import os
 
 from lychee_rerank.export import readable, to_csv, to_json
-from lychee_rerank.results import ImageResult
+from lychee_rerank.results import ImageResult, Ranking
 
 # A Latin-1 file name from an old archive, as os.fsdecode gives it on a UTF-8 system.
 LATIN1_NAME = os.fsdecode(b"photos/caf\xe9 \xe0 la plage.jpg")
@@ -32,7 +32,8 @@ def test_names_that_are_not_utf8_are_written_readably_with_their_exact_bytes():
     assert rows[1]["file"] == "海边日落.png" and rows[1]["file_bytes"] == ""
     assert rows[2]["error"] == "file not found: bad\\xff.png"
 
-    data = json.loads(to_json(results(), query="café", instruction=os.fsdecode(b"x\xff")).encode("utf-8"))
+    ranking = Ranking(query="café", instruction=os.fsdecode(b"x\xff"), results=tuple(results()), mode="batched", elapsed_s=1.0)
+    data = json.loads(to_json(ranking).encode("utf-8"))
     assert data["instruction"] == "x\\xff"
     records = data["results"]
     assert [r["file"] for r in records] == [row["file"] for row in rows]

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from imagegen import encode, photo
+from lychee_rerank import RunSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERY = "一只猫 a cat"
@@ -39,6 +40,10 @@ def make_folder(root: Path, count: int, size: int = 48) -> list[str]:
 def shard_names(out_dir: Path) -> collections.Counter:
     shards = sorted((out_dir / "shards").glob("*.parquet"))
     return collections.Counter(name for f in shards for name in pq.read_table(f, columns=["name"]).column("name").to_pylist())
+
+
+def demo_settings(**options) -> RunSettings:
+    return RunSettings.build(QUERY, model="demo", dtype="float32", **options)
 
 
 def cli(*args: str) -> list[str]:
@@ -134,7 +139,7 @@ def test_every_image_is_scored_exactly_once_with_the_single_process_scores(ray_s
     from lychee_rerank.scale_out import rank_on_ray
 
     images = make_folder(tmp_path / "photos", 10)
-    run = rank_on_ray(QUERY, images, model="demo", dtype="float32", workers=2, chunk_size=2, out_dir=tmp_path / "out")
+    run = rank_on_ray(demo_settings(), images, workers=2, chunk_size=2, out_dir=tmp_path / "out")
     assert shard_names(tmp_path / "out") == collections.Counter({p: 1 for p in images})
     expected = reranker.rank(QUERY, images)
     assert [r.name for r in run.ranking.results] == images  # input order
@@ -170,7 +175,7 @@ def test_a_replica_killed_mid_run_still_scores_every_image_exactly_once(ray_sess
             victim.wait(timeout=30)
             killed.append(event.done)
 
-    run = rank_on_ray(QUERY, images, model="demo", dtype="float32", workers=2, chunk_size=1,
+    run = rank_on_ray(demo_settings(), images, workers=2, chunk_size=1,
                       out_dir=tmp_path / "out", progress=kill_one_replica)
     assert killed and killed[0] < len(images)  # killed while images were still to do
     assert shard_names(tmp_path / "out") == collections.Counter({p: 1 for p in images})
@@ -188,14 +193,14 @@ def test_resume_after_an_interrupted_run_scores_only_the_missing_images(ray_sess
     manifest.write_text("path,comment\n" + "".join(f"{e},x\n" for e in entries), encoding="utf-8")
     out = tmp_path / "out"
 
-    first = rank_on_ray(QUERY, manifest=str(manifest), model="demo", dtype="float32", workers=2, chunk_size=2,
+    first = rank_on_ray(demo_settings(), manifest=str(manifest), workers=2, chunk_size=2,
                         out_dir=out, should_stop=lambda: True)
     assert first.ranking.cancelled
     done = shard_names(out)
     assert 0 < len(done) < len(entries) and set(done.values()) == {1}
 
     totals = []
-    second = rank_on_ray(QUERY, manifest=str(manifest), model="demo", dtype="float32", workers=2, chunk_size=2,
+    second = rank_on_ray(demo_settings(), manifest=str(manifest), workers=2, chunk_size=2,
                          out_dir=out, resume=True, progress=lambda event: totals.append(event.total))
     assert totals[0] == len(entries) - len(done) and second.finished_now == len(entries) - len(done)
     assert second.already_done == len(done)
@@ -228,7 +233,7 @@ def test_a_model_that_cannot_load_is_one_sentence(ray_session, tmp_path):
     image = tmp_path / "a.png"
     image.write_bytes(encode(photo(20, 20)))
     with pytest.raises(ModelLoadError) as caught:
-        rank_on_ray(QUERY, [str(image)], model=str(tmp_path / "no-model-here"), workers=1)
+        rank_on_ray(RunSettings.build(QUERY, model=str(tmp_path / "no-model-here")), [str(image)], workers=1)
     assert "\n" not in str(caught.value)
 
 
@@ -239,11 +244,10 @@ def test_an_out_dir_holding_another_run_is_refused(tmp_path):
     image = tmp_path / "a.png"
     image.write_bytes(encode(photo(20, 20)))
     store = ShardStore(tmp_path / "out")
-    store.open({"query": "a dog", "instruction": "", "query_image_sha256": None, "model": "demo",
-                "dtype": "auto", "max_pixels": None}, resume=False)
+    store.open(RunSettings.build("a dog", model="demo"), resume=False)
     store.write(pa.Table.from_pylist([{"name": str(image), "score": 0.5}], schema=SHARD_SCHEMA))
     with pytest.raises(OutDirError, match="--resume"):
-        rank_on_ray(QUERY, [str(image)], model="demo", out_dir=tmp_path / "out")
-    with pytest.raises(OutDirError, match="another query"):
-        rank_on_ray(QUERY, [str(image)], model="demo", out_dir=tmp_path / "out", resume=True)
+        rank_on_ray(demo_settings(), [str(image)], out_dir=tmp_path / "out")
+    with pytest.raises(OutDirError, match="another query, dtype"):
+        rank_on_ray(demo_settings(), [str(image)], out_dir=tmp_path / "out", resume=True)
 

@@ -208,7 +208,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "chg_query": ("the query", "查询"),
     "chg_query_image": ("the query image", "查询图片"),
     "chg_instruction": ("the instruction", "指令"),
-    "chg_max_pixels": ("the resolution", "分辨率"),
+    "chg_resolution": ("the resolution", "分辨率"),
     "chg_model": ("the model", "模型"),
     "chg_preprocess": ("the preprocessing", "预处理方式"),
     "no_query_text": ("(query image only)", "（仅查询图片）"),

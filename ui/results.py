@@ -17,13 +17,13 @@ from typing import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from lychee_rerank import ImageResult, archive, export
+from lychee_rerank import ImageResult, RunSettings, archive, export
 from lychee_rerank.results import ranked
 
 from . import fmt, media
 from . import state as run_state
 from .i18n import t
-from .state import QueryKey, Run
+from .state import Run
 from .widgets import choice
 
 PERSIST = "session"  # filters keep their values across page switches
@@ -180,25 +180,14 @@ def _table(run: Run, shown: Sequence[ImageResult]) -> list[ImageResult]:
 
 # -- downloads --------------------------------------------------------------------------------------
 def _downloads(run: Run, results: Sequence[ImageResult]) -> None:
-    metadata = {
-        "query": run.key.query,
-        "query_image": run.key.query_image is not None,
-        "instruction": run.key.instruction,
-        "max_pixels": run.key.max_pixels,
-        "model": run.model_name,
-        "is_demo": run.is_demo,
-        "mode": run.mode_used,
-        "elapsed_s": round(run.elapsed_s, 3),
-    }
-    if run.is_demo:
-        metadata["note"] = "demo model: random weights, the scores mean nothing"
+    ranking = run.ranking()  # the command line's export schema: the run's whole settings, how it went
     row = st.container(horizontal=True, gap="small")
     row.download_button(
         t("download_csv"), data=export.to_csv(results), file_name="lychee-ranking.csv", mime="text/csv",
         on_click="ignore", key="download_csv", icon=":material/download:", help=t("downloads_help"),
     )
     row.download_button(
-        t("download_json"), data=export.to_json(results, **metadata), file_name="lychee-ranking.json",
+        t("download_json"), data=export.to_json(ranking), file_name="lychee-ranking.json",
         mime="application/json", on_click="ignore", key="download_json", icon=":material/download:",
         help=t("downloads_help"),
     )
@@ -231,9 +220,9 @@ def _zip_button(run: Run, chosen: Sequence[ImageResult], selected: bool) -> None
 
 
 # -- the whole section ------------------------------------------------------------------------------
-def show(run: Run, key: QueryKey) -> None:
-    """Errors, notes and, when anything is scored, the results of ``run`` (scored for ``run.key``;
-    ``key`` is the query on the page now)."""
+def show(run: Run, settings: RunSettings | None) -> None:
+    """Errors, notes and, when anything is scored, the results of ``run`` (scored under
+    ``run.settings``; ``settings`` are the page's now, None while they cannot be used)."""
     results = run.snapshot()
     order = ranked(results)
     scored = [r for r in order if r.status == "scored"]
@@ -244,10 +233,10 @@ def show(run: Run, key: QueryKey) -> None:
         kind, message = run.error
         template = "input_error" if kind == "input" else "run_failed"
         st.error(t(template, reason=fmt.sentence(message)), icon=":material/error:")
-    changes = run.key.changes(key)
+    changes = run.settings.changes(settings) if settings is not None else []
     if changes:
         st.warning(
-            t("stale", query=fmt.md_escape(run.key.query or t("no_query_text")),
+            t("stale", query=fmt.md_escape(run.settings.query or t("no_query_text")),
               changes=", ".join(t(f"chg_{c}") for c in changes)),
             icon=":material/history:",
         )

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from lychee_rerank import ImageResult, InputError, Progress, Reranker
+from lychee_rerank import ImageResult, InputError, Progress, Ranking, Reranker, RunSettings
 
 log = logging.getLogger("lychee_rerank.app")
 
@@ -56,41 +56,25 @@ class Item:
             return 0
 
 
-@dataclass(frozen=True)
-class QueryKey:
-    """Everything a score depends on besides the image. Results are only valid for the same key."""
-
-    query: str
-    query_image: str | None  # digest
-    instruction: str
-    max_pixels: int
-    model: str  # "name|dtype"
-    preprocess: str = "exact"  # "exact" (the model card's image path) or "fast" (JPEG draft decoding)
-
-    def changes(self, other: "QueryKey") -> list[str]:
-        """Names of the fields that differ (for 'the query, the resolution changed')."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
-
-
 class Run:
     """Inputs and results of one ranking; ``results[i]`` belongs to ``items[i]``."""
 
     def __init__(
         self,
-        key: QueryKey,
+        settings: RunSettings,
         items: Sequence[Item],
         *,
-        query_image: bytes | None = None,
         model_name: str = "",
         is_demo: bool = False,
+        quantization: str | None = None,
         results: Sequence[ImageResult] | None = None,
         elapsed_s: float = 0.0,
     ):
-        self.key = key
+        self.settings = settings  # the run's one settings object: what the engine gets, what exports record
         self.items = list(items)
-        self.query_image = query_image
         self.model_name = model_name
         self.is_demo = is_demo
+        self.quantization = quantization
         self.results: list[ImageResult] = (
             list(results) if results is not None else [ImageResult(i, it.name) for i, it in enumerate(self.items)]
         )
@@ -138,17 +122,23 @@ class Run:
         reranker: Reranker,
         indices: Sequence[int] | None = None,
         *,
-        mode: str = "auto",
+        settings: RunSettings | None = None,
         session_alive: Callable[[], bool] | None = None,
     ) -> None:
         """Rank ``indices`` (default: every image not scored yet) in a background thread.
 
-        ``session_alive`` says whether the browser session that started the run is still connected;
-        once it has said no for DISCONNECT_GRACE_S, the run stops.
+        ``settings``: for a resume, the page's current settings (same scores, perhaps another
+        execution mode); refused when they would score differently. ``session_alive`` says whether
+        the browser session that started the run is still connected; once it has said no for
+        DISCONNECT_GRACE_S, the run stops.
         """
+        if settings is not None and settings.changes(self.settings):
+            raise ValueError(f"these results were scored under other settings ({', '.join(settings.changes(self.settings))})")
         with self.lock:
             if self.running:
                 return
+            if settings is not None:
+                self.settings = settings
             indices = list(self.pending() if indices is None else indices)
             self.status = RUNNING
             self.error = None
@@ -161,7 +151,7 @@ class Run:
             self.todo = len(indices)
             self.starts += 1
             self.thread = threading.Thread(
-                target=self._work, args=(reranker, indices, mode, session_alive), name="lychee-app-run", daemon=True
+                target=self._work, args=(reranker, indices, session_alive), name="lychee-app-run", daemon=True
             )
         self.thread.start()
 
@@ -172,7 +162,7 @@ class Run:
             thread.join(timeout)
         return not self.running
 
-    def _work(self, reranker: Reranker, indices: list[int], mode: str, session_alive) -> None:
+    def _work(self, reranker: Reranker, indices: list[int], session_alive) -> None:
         sources = [self.items[i].source for i in indices]
         names = [self.items[i].name for i in indices]
         stop_event = self.stop_event
@@ -211,18 +201,7 @@ class Run:
 
         status, error = FAILED, None
         try:
-            ranking = reranker.rank(
-                self.key.query,
-                sources,
-                names=names,
-                query_image=self.query_image,
-                instruction=self.key.instruction,
-                mode=mode,
-                max_pixels=self.key.max_pixels,
-                preprocess=self.key.preprocess,
-                progress=on_progress,
-                should_stop=should_stop,
-            )
+            ranking = reranker.run(self.settings, sources, names=names, progress=on_progress, should_stop=should_stop)
         except InputError as exc:
             error = ("input", str(exc))
         except Exception as exc:  # the page shows one sentence; the log keeps the traceback
@@ -235,6 +214,7 @@ class Run:
                         store(result)
                 self.elapsed_s += ranking.elapsed_s  # ranking time only: waiting in the queue is not counted
                 self.mode_used = ranking.mode
+                self.quantization = ranking.quantization
             if ranking.error:  # an unexpected error stopped it: what finished is kept, the rest can resume
                 status, error = FAILED, ("run", ranking.error)
             else:
@@ -260,13 +240,32 @@ class Run:
                 for i, item in enumerate(items)
             ]
             run = Run(
-                self.key,
+                self.settings,
                 items,
-                query_image=self.query_image,
                 model_name=self.model_name,
                 is_demo=self.is_demo,
+                quantization=self.quantization,
                 results=results,
                 elapsed_s=self.elapsed_s,
             )
             run.mode_used = self.mode_used
             return run
+
+    # -- exports --------------------------------------------------------------------------------
+    def ranking(self) -> Ranking:
+        """The run as the engine's Ranking (every start added up): what the downloads export, in the
+        same schema as the command line's outputs."""
+        with self.lock:
+            return Ranking(
+                query=self.settings.query,
+                instruction=self.settings.instruction,
+                results=tuple(self.results),
+                mode=self.mode_used or self.settings.mode,
+                elapsed_s=self.elapsed_s,
+                cancelled=self.status == STOPPED,
+                model=self.model_name,
+                is_demo=self.is_demo,
+                error=self.error[1] if self.error else None,
+                settings=self.settings,
+                quantization=self.quantization,
+            )

@@ -172,7 +172,7 @@ def measure_ceiling(reranker, paths: Sequence[str], options: RunOptions, sampler
     release(reranker.model.device)
     sampler.reset()
     cpu, start = time.process_time(), time.perf_counter()
-    prepared = reranker.prepare_only(options.query, paths, preprocess=options.preprocess, workers=options.workers)
+    prepared = reranker.prepare_only(reranker.settings(options.query, preprocess=options.preprocess, workers=options.workers), paths)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak_rss, _ = sampler.window()
     return {

@@ -5,7 +5,6 @@ from the shards."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -17,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..execution import MODES, ProgressClock
-from ..images import ImageSource
-from ..loading import ModelLoadError, default_model
-from ..prompt import DEFAULT_INSTRUCTION
-from ..reranker import InputError
+from ..checks import InputError
+from ..execution import ProgressClock
+from ..loading import ModelLoadError
 from ..results import ImageResult, Progress, Ranking
+from ..settings import RunSettings
 from .replica import Replica, is_uri
 from .shards import RESULT_COLUMNS, ShardStore
 
@@ -141,16 +139,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def rank_on_ray(
-    query: str,
+    settings: RunSettings,
     images: Sequence[str] = (),
     *,
     manifest: str | None = None,
-    model: str | None = None,
-    dtype: str = "auto",
-    query_image: ImageSource | None = None,
-    instruction: str | None = None,
-    mode: str = "auto",
-    max_pixels: int | None = None,
     address: str = "local",
     workers: int | None = None,
     chunk_size: int | None = None,
@@ -159,19 +151,15 @@ def rank_on_ray(
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ScaleOutRun:
-    """Score ``images`` (paths or URIs) or the entries of ``manifest`` on Ray: one ``Reranker``
-    replica per GPU (or ``workers`` replicas; on CPU where the cluster has no GPU).
+    """Score ``images`` (paths or URIs) or the entries of ``manifest`` on Ray under ``settings`` (the
+    run's one RunSettings, handed whole to every replica): one ``Reranker`` replica per GPU (or
+    ``workers`` replicas; on CPU where the cluster has no GPU).
 
     Results go to Parquet shards under ``out_dir`` as chunks finish (a temporary folder if none);
     ``resume`` skips the inputs that already have a row there. ``should_stop`` is polled between
     chunks; Ctrl-C (KeyboardInterrupt) stops the same way. A stopped run keeps every finished chunk.
     Raises RayUnavailable, InputError or OutDirError (bad arguments), ModelLoadError, ScaleOutError.
     """
-    query = (query or "").strip()
-    if not query and query_image is None:
-        raise InputError("type a query (or give a query image) to rank the images against")
-    if mode not in MODES:
-        raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if bool(manifest) == bool(images):
         raise InputError("give either images or a manifest")
     if resume and out_dir is None:
@@ -179,27 +167,12 @@ def rank_on_ray(
     if manifest and not is_uri(manifest) and not os.path.isfile(manifest):
         raise InputError(f"no such manifest: {manifest}")
     ray = require_ray()
-    if isinstance(query_image, (str, os.PathLike)):
-        try:
-            query_image = Path(query_image).read_bytes()  # replicas may run where the file is not
-        except OSError:
-            raise InputError(f"no such query image: {query_image}") from None
-    model = model or default_model()
-    settings = {  # what decides the scores: a resumed run must not mix in others
-        "query": query,
-        "instruction": (instruction or "").strip(),
-        "query_image_sha256": hashlib.sha256(query_image).hexdigest() if query_image is not None else None,
-        "model": model,
-        "dtype": dtype,
-        "max_pixels": max_pixels,
-    }
     temporary = out_dir is None
     store = ShardStore(tempfile.mkdtemp(prefix="lychee-ray-") if temporary else out_dir)
     try:
         store.open(settings, resume)
         done = store.done_names() if resume else set()
-        replica_options = dict(model=model, dtype=dtype, query=query, query_image=query_image,
-                               instruction=instruction, mode=mode, max_pixels=max_pixels, base_dir=os.getcwd())
+        replica_options = dict(settings=settings, base_dir=os.getcwd())
         started = connect(ray, address)
         try:
             configure_ray_data(ray)
@@ -208,7 +181,7 @@ def rank_on_ray(
         finally:
             if started:
                 ray.shutdown()
-        ranking = _ranking(store.read(), images, query, instruction, mode, model, run)
+        ranking = _ranking(store.read(), images, settings, run)
         return ScaleOutRun(ranking, run.workers, run.gpus_per_worker, already_done=len(done), finished_now=run.finished)
     finally:
         if temporary:
@@ -300,7 +273,7 @@ class _Run:
             batches.close()  # stops the pipeline now: chunks in flight are dropped, not written
 
 
-def _ranking(table, images, query, instruction, mode, model, run: _Run) -> Ranking:
+def _ranking(table, images, settings: RunSettings, run: _Run) -> Ranking:
     """Every row in the shards, as results in input order: the given images first (those without a
     row are pending), then rows of other inputs (an earlier run's, or a manifest's) by name."""
     rows = table.to_pylist()
@@ -318,13 +291,14 @@ def _ranking(table, images, query, instruction, mode, model, run: _Run) -> Ranki
     if run.stopped:
         error = "; ".join(f"{message} ({count} images not scored)" for message, count in run.stopped.items())
     return Ranking(
-        query=query,
-        instruction=(instruction or "").strip() or DEFAULT_INSTRUCTION,
+        query=settings.query,
+        instruction=settings.instruction,
         results=tuple(results),
-        mode="+".join(modes) or mode,
+        mode="+".join(modes) or settings.mode,
         elapsed_s=run.elapsed_s,
         cancelled=run.cancelled,
-        model=model,
+        model=settings.model.name,
         is_demo=any(row["demo_model"] for row in rows),
         error=error,
+        settings=settings,
     )

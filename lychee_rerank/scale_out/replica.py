@@ -33,7 +33,7 @@ def fetch(uri: str) -> bytes:
 class Replica:
     """Ray Data calls the class once per actor (loading the model) and the instance once per chunk."""
 
-    def __init__(self, *, model, dtype, query, query_image, instruction, mode, max_pixels, base_dir):
+    def __init__(self, *, settings, base_dir):
         from ..loading import ModelLoadError
         from ..reranker import Reranker
 
@@ -41,11 +41,10 @@ class Replica:
         # one sentence), but only the text of an actor constructor's.
         self.load_error = None
         try:
-            self.reranker = Reranker.load(model, dtype=dtype)
+            self.reranker = Reranker.load(settings.model)  # the run's model settings, whole
         except ModelLoadError as exc:
             self.load_error = exc
-        self.query = query
-        self.options = dict(query_image=query_image, instruction=instruction, mode=mode, max_pixels=max_pixels)
+        self.settings = settings  # the driver's RunSettings, whole: no option picked by hand
         self.base_dir = base_dir  # relative paths are the driver's: on a cluster, a shared file system
 
     def _source(self, name: str):
@@ -67,8 +66,8 @@ class Replica:
         else:
             fetched = [self._source(n) for n in names]
         readable = [i for i, (_source, error) in enumerate(fetched) if error is None]
-        ranking = self.reranker.rank(
-            self.query, [fetched[i][0] for i in readable], names=[names[i] for i in readable], **self.options
+        ranking = self.reranker.run(
+            self.settings, [fetched[i][0] for i in readable], names=[names[i] for i in readable]
         )
         common = {"mode": ranking.mode, "demo_model": self.reranker.info.is_demo}
         rows = [{"name": n, "error": error, **common} for n, (_s, error) in zip(names, fetched)]

@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..export import OutputError, write_atomically
+
 # One row per finished image (scored or with its own error), ImageResult's fields by name.
 SHARD_SCHEMA = pa.schema(
     [
@@ -46,25 +48,30 @@ class ShardStore:
         self.root = Path(out_dir)
         self.shards = self.root / "shards"
 
-    def open(self, settings: dict, resume: bool) -> None:
-        """Check that DIR may take this run's results and record its settings (what decides the scores)."""
+    def open(self, settings, resume: bool) -> None:
+        """Check that DIR may take this run's results and record its settings (RunSettings.record:
+        the whole object). A resumed run must have the same scoring settings."""
         settings_path = self.root / SETTINGS_FILE
         has_results = any(self.shards.glob("*.parquet"))
         if has_results and not resume:
             raise OutDirError(f"{self.root} already holds results: add --resume to continue that run, or choose another --out")
-        if settings_path.is_file():
-            recorded = json.loads(settings_path.read_text(encoding="utf-8"))
-            differing = [key for key in settings if recorded.get(key) != settings[key]]
-            if differing and has_results:
+        key = settings.scoring_key()
+        if settings_path.is_file() and has_results:
+            try:
+                recorded = json.loads(settings_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                recorded = {}
+            differing = [name for name in key if recorded.get(name) != key[name]]
+            if differing:
                 raise OutDirError(
                     f"{self.root} holds results of a run with another {', '.join(differing)}: "
                     "resume with the same settings, or choose another --out"
                 )
         try:
             self.shards.mkdir(parents=True, exist_ok=True)
-            settings_path.write_text(json.dumps(settings, ensure_ascii=False, indent=2), encoding="utf-8")
-        except OSError as exc:
-            raise OutDirError(f"cannot write to {self.root}: {exc.strerror or exc}") from None
+            write_atomically(settings_path, json.dumps(settings.record(), ensure_ascii=False, indent=2))
+        except (OSError, OutputError) as exc:
+            raise OutDirError(f"cannot write to {self.root}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:

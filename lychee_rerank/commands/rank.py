@@ -1,0 +1,154 @@
+"""``python -m lychee_rerank rank ...`` in this process (``--ray`` hands the same settings to Ray:
+``lychee_rerank.scale_out.command``).
+
+The rule: a run ends with every input accounted for — scored, errored or pending — whatever happens.
+A file that cannot be scored is a row with its error; Ctrl-C or SIGTERM stops the run between
+forwards; an unexpected error stops it too. In every case the table is printed and every requested
+output is written with one row per image. Everything that can be checked before the model loads
+(paths, outputs, settings, the query image) is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+
+from .common import UsageError, check_outputs, find_inputs, print_ranking, say, settings_from_args, write_outputs
+
+
+class Interrupted(BaseException):
+    """A signal that cannot wait for the run to stop between forwards (see StopSignals)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, handled alike. While images are being ranked, the first signal stops the
+    run between forwards (what finished is kept and written); at any other time (checking the
+    inputs, loading the model, writing the outputs), or on a second signal, Interrupted is raised."""
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.received: int | None = None
+        self.ranking = False
+        self.phase = "checking the inputs"
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in self.HANDLED:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if self.ranking and first:
+            self.stop.set()
+            return
+        raise Interrupted(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.received or signal.SIGINT)
+
+
+def quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    from ..scale_out import asked_for, run_rank_command  # scale-out on Ray: lychee_rerank/scale_out/
+
+    if asked_for(args):
+        return run_rank_command(args)
+    with StopSignals() as signals:
+        try:
+            return _rank(args, signals)
+        except Interrupted as exc:
+            say(f"interrupted by {signal.Signals(exc.signum).name} while {signals.phase}")
+            return 128 + exc.signum
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
+    from tqdm import tqdm
+
+    from .. import ImageResult, InputError, ModelLoadError, Ranking, Reranker
+
+    if not args.paths:
+        raise UsageError("give image files or folders to rank (or --manifest FILE with --ray)")
+    check_outputs(args)
+    settings = settings_from_args(args)
+    images = find_inputs(args.paths)
+
+    signals.phase = "loading the model"
+    quiet_libraries()
+    try:
+        reranker = Reranker.load(settings.model)
+    except ModelLoadError as exc:
+        say(str(exc))
+        return 1
+    say(f"loaded {reranker.info.summary()}")
+    if reranker.info.is_demo:
+        say("demo model (random weights): the scores are meaningless")
+
+    bar = tqdm(total=len(images), unit="img", file=sys.stderr, dynamic_ncols=True)
+    finished: dict[int, ImageResult] = {}
+
+    def on_progress(event) -> None:
+        if event.waiting:
+            bar.set_description("waiting")
+            return
+        finished.update((r.index, r) for r in event.new_results)
+        bar.update(len(event.new_results))
+
+    start = time.perf_counter()
+
+    def what_finished(cancelled: bool, error: str | None = None) -> Ranking:
+        """The run as far as the progress events tell, should run() raise instead of returning."""
+        return Ranking(
+            query=settings.query, instruction=settings.instruction,
+            results=tuple(finished.get(i, ImageResult(i, name)) for i, name in enumerate(images)),
+            mode=settings.mode, elapsed_s=time.perf_counter() - start, cancelled=cancelled,
+            model=reranker.info.name, is_demo=reranker.info.is_demo, error=error, settings=settings,
+            quantization=reranker.info.quantization,
+        )
+
+    signals.phase, signals.ranking = "ranking", True
+    try:
+        ranking = reranker.run(settings, images, progress=on_progress, should_stop=signals.stop)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    except Interrupted:  # a second signal: stop now
+        ranking = what_finished(cancelled=True)
+    except Exception as exc:  # whatever stopped the run, what finished is written
+        ranking = what_finished(cancelled=False, error=_one_line(exc))
+    finally:
+        signals.phase, signals.ranking = "writing the outputs", False
+        bar.close()
+
+    print_ranking(ranking, args.top)
+    written = write_outputs(args, ranking)
+    if ranking.error:
+        say(f"the run stopped on an unexpected error: {ranking.error}")
+        return 1
+    if not written:
+        return 1
+    return signals.exit_code if ranking.cancelled else 0
