@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 
 import pytest
 from PIL import features
@@ -64,3 +65,108 @@ def test_a_linked_folder_is_searched_once(tmp_path):
     found = find_images([tmp_path])
     assert found.images == [str(tmp_path / "real" / "x.png")]
     assert found.skipped == [(str(tmp_path / "z-link"), "a link to a folder already searched")]
+
+
+@pytest.fixture
+def deep(tmp_path):
+    """A folder for trees too deep for Python's own removal (shutil.rmtree, which pytest's clean-up
+    uses, recurses once per level): removed here with rm, which does not."""
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    yield folder
+    subprocess.run(["rm", "-rf", "--", str(folder)], check=True)
+
+
+def nested(root, depth: int, name: str = "d"):
+    """A folder ``depth`` levels deep, made one level at a time (os.makedirs recurses per level)."""
+    path = root
+    for _ in range(depth):
+        path = path / name
+        path.mkdir()
+    return path
+
+
+def test_a_folder_nested_1100_deep_is_searched_without_recursion(deep):
+    bottom = nested(deep, 1100)
+    (bottom / "x.png").write_bytes(encode(photo(8, 8)))
+    found = find_images([deep])
+    assert found.images == [str(bottom / "x.png")]
+    assert found.skipped == []
+
+
+def test_a_path_longer_than_the_system_allows_is_a_skipped_entry(deep):
+    """Past PATH_MAX (4,096 bytes on Linux) a folder cannot be listed by its path: one entry, one reason."""
+    name = "n" * 200
+    fd = os.open(deep, os.O_RDONLY)
+    try:
+        for _ in range(25):  # 25 x 201 characters: past PATH_MAX, made relative to an open folder
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+    found = find_images([deep])
+    assert found.images == []
+    assert len(found.skipped) == 1
+    path, reason = found.skipped[0]
+    assert reason in ("folder cannot be read (File name too long)", "cannot be read (File name too long)"), reason
+
+
+def test_a_link_sorted_before_its_target_leaves_the_real_folder_under_its_own_name(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x.png").write_bytes(encode(photo(8, 8)))
+    (tmp_path / "a-link").symlink_to(tmp_path / "real")  # "a-link" sorts before "real"
+    found = find_images([tmp_path])
+    assert found.images == [str(tmp_path / "real" / "x.png")]
+    assert found.skipped == [(str(tmp_path / "a-link"), "a link to a folder already searched")]
+
+
+def test_a_link_to_a_folder_searched_nowhere_else_is_searched_under_its_name(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "y.png").write_bytes(encode(photo(8, 8)))
+    (tmp_path / "album").mkdir()
+    (tmp_path / "album" / "link").symlink_to(elsewhere)
+    assert find_images([tmp_path / "album"]).images == [str(tmp_path / "album" / "link" / "y.png")]
+
+
+def test_a_link_loop_a_nul_byte_and_a_name_too_long_are_sentences(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert find_images([tmp_path / "loop"]).images == [str(tmp_path / "loop")]  # named: its own error row
+    found = find_images([tmp_path])
+    assert found.skipped == [(str(tmp_path / "loop"), "cannot be read (Too many levels of symbolic links)")]
+    with pytest.raises(InputPathError, match="contains a NUL byte"):
+        find_images(["a\0b"])
+    with pytest.raises(InputPathError, match=r"cannot be used \(File name too long\)"):
+        find_images([str(tmp_path / ("x" * 5000))])
+
+
+def test_confined_search_never_lists_what_a_link_leads_to_outside(tmp_path, monkeypatch):
+    root, outside = tmp_path / "data", tmp_path / "private"
+    (root / "photos").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "salaries.png").write_bytes(encode(photo(8, 8)))
+    (root / "photos" / "a.png").write_bytes(encode(photo(8, 8)))
+    (root / "photos" / "linked").symlink_to(outside)
+    (root / "photos" / "secret.png").symlink_to(outside / "salaries.png")
+    (root / "photos" / "inside.png").symlink_to(root / "photos" / "a.png")
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: listed.append(os.path.realpath(path)) or real_scandir(path))
+    found = find_images([root / "photos"], confine_to=root)
+    assert found.images == [str(root / "photos" / "a.png"), str(root / "photos" / "inside.png")]
+    assert found.skipped == [
+        (str(root / "photos" / "linked"), "a link to a folder outside the data folder"),
+        (str(root / "photos" / "secret.png"), "a link to a file outside the data folder"),
+    ]
+    assert str(outside) not in listed
+
+
+def test_the_cli_prints_one_line_for_a_deep_folder_without_images(deep, capsys):
+    from lychee_rerank.cli import main
+
+    nested(deep, 1100)
+    assert main(["rank", "--query", "x", "--model", "demo", str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"lychee-rerank: no images found in {deep}"]
