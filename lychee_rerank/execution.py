@@ -265,22 +265,97 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+Work = float | tuple[float, ...]  # what a step finished: one measure, or several (tokens, pixels)
+MIN_HALF_LIFE_S = 5.0
+HALF_LIFE_SHARE = 0.5
+
+
 class ProgressClock:
-    """Rate and ETA for progress events. The ETA is weighted by work (sequence tokens), not by image
-    count: batched runs go largest first, so early images are slower than the average."""
+    """Rate and ETA of a run, from the work its images need and the time the work has taken so far.
 
-    def __init__(self, total: int, total_work: float | None = None):
+    Work is measured in one or more units (the engine gives two: sequence tokens, the model's work,
+    and pixels decoded, the CPU's): a 12-MP photo and a screenshot of the same token count cost
+    very different times on a machine whose CPU bounds the run, the same time on a fast GPU. How
+    many seconds a unit of each costs is measured as the run goes: the steps since the first are
+    fitted to ``seconds = sum(cost[i] * work[i])`` (least squares, costs not negative, a step's
+    weight halving every half of the time since the first step, at least MIN_HALF_LIFE_S: the
+    recent pace counts most, a burst does not decide), and the ETA is that fit applied to the work
+    left. The first step is not fitted: it also holds the start (the first decode, the model's
+    warm-up); until a second step comes, the ETA is the elapsed time scaled by the work left.
+    """
+
+    def __init__(self, total: int, total_work: Work | None = None, *, now: Callable[[], float] = time.perf_counter):
         self.total = total
-        self.total_work = total_work if total_work else float(total)
+        self._total = _vector(total_work if total_work is not None else total)
+        self._done = [0.0] * len(self._total)
         self.done = 0
-        self.work_done = 0.0
-        self.start = time.perf_counter()
+        self.work_done = 0.0  # of the first measure
+        self._now = now
+        self.start = now()
+        self._steps: list[tuple[float, float, list[float]]] = []  # (time, seconds since the step before, work)
 
-    def advance(self, count: int, work: float | None = None) -> tuple[float, float, float | None]:
+    @property
+    def total_work(self) -> tuple[float, ...]:
+        return tuple(self._total)
+
+    def advance(self, count: int, work: Work | None = None) -> tuple[float, float, float | None]:
+        """Record ``count`` images finished (with their ``work``, default: one unit each); returns
+        (seconds elapsed, images per second, seconds left or None)."""
+        now = self._now()
+        step = _vector(work if work is not None else count, len(self._total))
+        previous = self._steps[-1][0] if self._steps else None
         self.done += count
-        self.work_done += count if work is None else work
-        elapsed = time.perf_counter() - self.start
+        self._done = [d + w for d, w in zip(self._done, step)]
+        self.work_done = self._done[0]
+        self._steps.append((now, now - previous if previous is not None else 0.0, step))
+        elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        work_rate = self.work_done / elapsed if elapsed > 0 else 0.0
-        eta = max(0.0, self.total_work - self.work_done) / work_rate if work_rate > 0 else None
-        return elapsed, rate, eta
+        return elapsed, rate, self._eta(now, elapsed)
+
+    def _eta(self, now: float, elapsed: float) -> float | None:
+        left = [max(0.0, t - d) / t if t else 0.0 for t, d in zip(self._total, self._done)]  # shares of each total
+        if not any(left):
+            return 0.0
+        costs = self._fitted_costs(now)
+        if costs is not None:
+            return sum(c * l for c, l in zip(costs, left))
+        done = [d / t for t, d in zip(self._total, self._done) if t and d]  # one step so far
+        if not done or elapsed <= 0:
+            return None
+        shares_left = [l for t, d, l in zip(self._total, self._done, left) if t and d]
+        return elapsed * sum(l / d for l, d in zip(shares_left, done)) / len(done)
+
+    def _fitted_costs(self, now: float) -> list[float] | None:
+        """Seconds per whole run's worth of each measure, fitted to the steps after the first."""
+        import numpy as np
+
+        steps = self._steps[1:]
+        if not steps:
+            return None
+        half_life = max(MIN_HALF_LIFE_S, (now - self._steps[0][0]) * HALF_LIFE_SHARE)
+        root_weight = np.array([0.5 ** ((now - t) / half_life / 2) for t, _, _ in steps])
+        seconds = np.array([dt for _, dt, _ in steps]) * root_weight
+        shares = np.array([[w / t if t else 0.0 for w, t in zip(work, self._total)] for _, _, work in steps])
+        shares *= root_weight[:, None]
+        best: tuple[float, list[float]] | None = None
+        for used in _measure_sets(len(self._total)):  # least squares, keeping only fits without a negative cost
+            costs = np.linalg.lstsq(shares[:, used], seconds, rcond=None)[0]
+            if (costs < 0).any():
+                continue
+            error = float(np.sum((shares[:, used] @ costs - seconds) ** 2))
+            if best is None or error < best[0] - 1e-12:
+                full = [0.0] * len(self._total)
+                for index, cost in zip(used, costs):
+                    full[index] = float(cost)
+                best = (error, full)
+        return None if best is None else best[1]
+
+
+def _vector(work: Work, size: int | None = None) -> list[float]:
+    values = [float(w) for w in work] if isinstance(work, tuple) else [float(work)]
+    return values if size is None else (values + [0.0] * size)[:size]
+
+
+def _measure_sets(size: int) -> list[list[int]]:
+    """Every non-empty set of measures, the largest first."""
+    return sorted(([i for i in range(size) if mask >> i & 1] for mask in range(1, 1 << size)), key=len, reverse=True)

@@ -6,7 +6,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .execution import (
     Outcome,
@@ -24,7 +24,11 @@ from .results import ImageResult, Progress, Ranking
 from .settings import ModelSettings, RunSettings
 from .scoring import PairScorer, PlannedImage, QueryTooLongError
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 ProgressCallback = Callable[[Progress], None]
+PictureCallback = Callable[[int, "Image.Image", tuple[int, int]], None]
 StopFlag = Callable[[], bool] | threading.Event
 log = logging.getLogger(__name__)
 
@@ -131,9 +135,15 @@ class Reranker:
         names: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopFlag | None = None,
+        on_picture: PictureCallback | None = None,
     ) -> Ranking:
         """Score every image under ``settings`` (the one object every front end builds); results come
         back in input order.
+
+        ``on_picture(index, picture, size)``, optional, is called from the preprocessing threads
+        with each image as the model sees it (upright, at model size) and the size it was decoded at
+        (its true aspect ratio): a front end makes its thumbnails from it instead of decoding the
+        file again. An error in it is ignored: it never costs a score.
 
         Every input is accounted for, whatever happens: scored, errored, or pending. Bad settings (or
         settings made for another model) raise InputError before any work; an unexpected error during
@@ -147,6 +157,7 @@ class Reranker:
         if names is not None and len(names) != len(images):
             raise InputError(f"{len(names)} names for {len(images)} images")
         scorer = self._scorer(settings)
+        scorer.on_picture = _guarded(on_picture)
         stop = _as_stop_callable(should_stop)
         notify = progress or (lambda _event: None)
         results: list[ImageResult] = [
@@ -159,9 +170,9 @@ class Reranker:
         cancelled, error = False, None
         try:
             planned, unreadable = self._plan(scorer, images, results)
-            clock = ProgressClock(len(images), sum(p.sequence_tokens for p in planned))
+            clock = ProgressClock(len(images), _work(planned))
 
-            def record(new: list[ImageResult], work: float, batch_size: int, budget: int | None) -> None:
+            def record(new: list[ImageResult], work, batch_size: int, budget: int | None) -> None:
                 for result in new:
                     results[result.index] = result
                 elapsed, rate, eta = clock.advance(len(new), work)
@@ -169,11 +180,10 @@ class Reranker:
 
             notify(Progress(0, len(images), 0.0, 0.0, None))  # started: no longer waiting
             if unreadable:
-                record(unreadable, 0, 0, None)
+                record(unreadable, (0, 0), 0, None)
 
             def emit(outcomes: list[Outcome], batch_size: int, budget: int | None) -> None:
-                work = sum(o.item.sequence_tokens for o in outcomes)
-                record([_to_result(o) for o in outcomes], work, batch_size, budget)
+                record([_to_result(o) for o in outcomes], _work([o.item for o in outcomes]), batch_size, budget)
 
             if used_mode == "sequential":
                 cancelled = run_sequential(planned, scorer, emit, stop, settings.workers)
@@ -296,6 +306,14 @@ def _describe_model(model: ModelSettings) -> str:
     return f"{model.name} ({model.dtype}, quantisation {model.quantize})"
 
 
+def _work(items: Sequence[PlannedImage]) -> tuple[int, int]:
+    """The work of scoring these images, for the ETA: the model's (sequence tokens) and the CPU's
+    (pixels decoded, the file's own size)."""
+    tokens = sum(item.sequence_tokens for item in items)
+    pixels = sum((item.size.file_width or item.size.width) * (item.size.file_height or item.size.height) for item in items)
+    return tokens, pixels
+
+
 def _to_result(outcome: Outcome) -> ImageResult:
     item, row = outcome.item, outcome.row
     return ImageResult(
@@ -309,6 +327,19 @@ def _to_result(outcome: Outcome) -> ImageResult:
         visual_tokens=row.visual_tokens if row else item.visual_tokens,
         error=outcome.error,
     )
+
+
+def _guarded(on_picture: PictureCallback | None) -> Callable[[PlannedImage, "Image.Image"], None] | None:
+    if on_picture is None:
+        return None
+
+    def hook(item: PlannedImage, picture: "Image.Image") -> None:
+        try:
+            on_picture(item.index, picture, (item.size.width, item.size.height))
+        except Exception:  # a front end's picture never costs a score
+            log.debug("on_picture failed for image %d", item.index, exc_info=True)
+
+    return hook
 
 
 def _as_stop_callable(flag: StopFlag | None) -> Callable[[], bool]:

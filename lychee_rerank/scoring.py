@@ -9,6 +9,7 @@ batch exactly as the processor pads a batch, and every processor output reaches 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -55,8 +56,12 @@ class PairScorer:
     """Scores candidate images against one query with the Lychee recipe.
 
     ``prepare_row`` is CPU work (decoding, qwen-vl-utils, the processor) and runs in worker threads
-    while ``forward`` runs the model on an earlier batch.
+    while ``forward`` runs the model on an earlier batch. ``on_picture(item, picture)``, when set, is
+    shown each image as the model card's path made it (upright, at model size) before it becomes a
+    tensor: a front end's thumbnails then cost no decoding of their own.
     """
+
+    on_picture: Callable[[PlannedImage, Image.Image], None] | None = None
 
     def __init__(
         self,
@@ -147,7 +152,11 @@ class PairScorer:
     def prepare_row(self, item: PlannedImage) -> PreparedRow:
         """Decode, reduce to model size and tokenise one pair. Raises ImageError or another
         exception for this image alone."""
-        pixels = processor_pixels(model_card_image(item.source, reduce_to=self._draft_target(item.size)))
+        picture = model_card_image(item.source, reduce_to=self._draft_target(item.size))
+        if self.on_picture is not None:
+            self.on_picture(item, picture)
+        pixels = processor_pixels(picture)
+        del picture
         images = [pixels] if self._query_pixels is None else [self._query_pixels, pixels]
         inputs = dict(
             self.processor(
