@@ -13,7 +13,6 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import auth, i18n
-from ui import model as model_ui
 from ui.i18n import t
 
 # An emoji tab icon: drawn by the browser. A Material icon here would be fetched from a font CDN,
@@ -23,6 +22,15 @@ st.set_page_config(page_title="Lychee rerank", page_icon="🔎", layout="wide")
 i18n.language_selector()
 auth.require_login()
 
+# A first paint while the engine is imported (torch, transformers: seconds, once per process) and the
+# model loads: the page is never blank.
+starting = st.empty()
+starting.caption(t("starting_app"))
+
+from ui import model as model_ui  # noqa: E402 - after the first paint, on purpose
+from ui import style  # noqa: E402
+
+style.apply()
 pages = [
     st.Page("pages/rerank.py", title=t("nav_rerank"), icon=":material/sort:", default=True, url_path="rerank"),
     st.Page("pages/gpu_monitor.py", title=t("nav_gpu"), icon=":material/memory:", url_path="gpu-monitor"),
@@ -32,5 +40,6 @@ navigation = st.navigation(pages)
 st.sidebar.subheader(t("model_header"))
 model_ui.sidebar_form()
 model_ui.sidebar_info(model_ui.active(), with_reason=navigation is not pages[0])
+starting.empty()
 
 navigation.run()

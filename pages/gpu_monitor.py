@@ -68,9 +68,7 @@ def _run_status() -> None:
     if waiting:
         progress = t("waiting_place", n=place) if place else t("waiting")
     else:
-        progress = event.describe() if event else t("starting")
-    if event is not None and already:
-        progress = f"{already + event.done}/{total} · {progress}"
+        progress = fmt.progress(event, already + event.done, total) if event else t("starting")
     st.info(t("run_in_progress", progress=progress), icon=":material/sort:")
 
 

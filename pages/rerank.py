@@ -21,11 +21,12 @@ $LYCHEE_DATA_DIR is set, from a folder on the server (read from disk, never uplo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
-from lychee_rerank import DEFAULT_INSTRUCTION, PREPROCESS_MODES, InputError, ModelSettings, QueryImage as QueryPicture, RunSettings
-from ui import fmt, media, results, session, sources
+from lychee_rerank import DEFAULT_INSTRUCTION, DEMO_NAME, PREPROCESS_MODES, InputError, ModelSettings, QueryImage as QueryPicture, RunSettings
+from ui import allowlist, engine_text, fmt, i18n, media, results, session, sources
 from ui import model as model_ui
 from ui import state as run_state
 from ui.i18n import t
@@ -34,7 +35,9 @@ from ui.widgets import choice, memory_readout
 
 RUN_KEY = run_state.SESSION_KEY  # the session's Run
 IMAGES_KEY = "image_set"  # {"ids": upload file ids, "items": [Item]}: survives page switches
-SERVER_KEY = "server_images"  # {"text": folder as typed, "found": ServerImages | None, "error": str | None}
+SERVER_KEY = "server_images"  # {"text": folder as chosen, "found": ServerImages | None, "error": FolderError | None}
+SERVER_FOLDER_KEY = "server_folder"  # the folder picker (a folder offered, or a path typed)
+FOLDER_LIST_TTL_S = 30  # how long the offered folders are reused before the data folder is listed again
 QUERY_IMAGE_KEY = "query_image"  # QueryImage | None
 UPLOADER_GENERATION_KEY = "uploader_generation"  # bumped to empty the uploaders (Clear)
 ACTION_KEY = "pending_action"  # set by button callbacks, handled once in the script
@@ -120,7 +123,7 @@ def _query_inputs() -> QueryImage | None:
         if query_image is not None and uploaded is None:
             st.caption(t("query_image_kept", name=fmt.md_escape(query_image.item.name)))
         if query_image is not None and query_image.error:
-            st.error(t("query_image_bad", reason=fmt.sentence(query_image.error)), icon=":material/broken_image:")
+            st.error(t("query_image_bad", reason=engine_text.sentence(query_image.error)), icon=":material/broken_image:")
     if query_image is not None and query_image.preview is not None:
         right.image(query_image.preview, caption=t("query_image_preview"), width="stretch")
     return query_image
@@ -151,42 +154,97 @@ def _upload_inputs(folder: bool) -> list[Item]:
     return items
 
 
+@st.cache_data(ttl=FOLDER_LIST_TTL_S, show_spinner=False, max_entries=4)
+def _folder_choices(root: str) -> list[sources.FolderChoice]:
+    return sources.folders(Path(root))
+
+
 def _scan_server_folder(force: bool = False) -> None:
-    """(Re)scan the folder typed in the box when it changed, or when ``force``."""
-    text = (st.session_state.get("server_folder") or "").strip()
+    """(Re)scan the chosen folder when it changed, or when ``force`` (then the offered list too)."""
+    text = (st.session_state.get(SERVER_FOLDER_KEY) or "").strip()
     state = st.session_state.get(SERVER_KEY)
     if not force and state is not None and state["text"] == text:
         return
+    if force:
+        _folder_choices.clear()
     found, error = None, None
     root = sources.data_dir()
     if text and root is not None:
         try:
             found = sources.scan(sources.resolve_folder(text, root), root)
         except sources.FolderError as exc:
-            error = fmt.sentence(str(exc))
+            error = exc
     st.session_state[SERVER_KEY] = {"text": text, "found": found, "error": error}
 
 
-def _server_inputs(root) -> list[Item]:
-    st.text_input(t("server_folder"), key="server_folder", placeholder=t("server_folder_placeholder"),
-                  help=t("server_folder_help", root=root), persist_state=PERSIST)
+def _folder_label(choices: dict[str, sources.FolderChoice]):
+    """How the picker shows a folder: its path and the images under it (a typed path as typed)."""
+    say = i18n.bound()  # format_func may run outside the script, where the language is out of reach
+
+    def label(path: str) -> str:
+        choice = choices.get(path)
+        if choice is None:
+            return path
+        shown = say("folder_root") if path == "." else path
+        return say("folder_option" if choice.complete else "folder_option_more", path=shown, n=f"{choice.images:,}")
+
+    return label
+
+
+def _folder_picker(root: Path) -> list[sources.FolderChoice]:
+    """The folders of the data folder to choose from; a path can be typed too (Enter adds it)."""
+    choices = _folder_choices(str(root))
+    by_path = {c.path: c for c in choices}
+    current = st.session_state.get(SERVER_FOLDER_KEY)
+    options = list(by_path) + ([current] if current and current not in by_path else [])
+    st.selectbox(
+        t("server_folder"), options, index=None, key=SERVER_FOLDER_KEY, accept_new_options=True,
+        format_func=_folder_label(by_path), placeholder=t("server_folder_placeholder"),
+        help=t("server_folder_help", root=root), persist_state=PERSIST,
+    )
+    return choices
+
+
+def _folder_problem(error: sources.FolderError | None, found, choices: list[sources.FolderChoice]) -> str | None:
+    """Why the chosen folder gives no images, in one or two sentences (with the nearest names), or None."""
+    if error is not None:
+        values = dict(error.values)
+        if "reason" in values:
+            values["reason"] = engine_text.text(values["reason"])
+        message = t(error.key, **{k: fmt.md_escape(v) for k, v in values.items()})
+        typed = error.values.get("folder") if error.key == "folder_missing" else None
+    elif found is not None and not found.items:
+        message, typed = t("server_empty", folder=fmt.md_escape(found.folder)), found.folder
+    else:
+        return None
+    nearest = sources.nearest(typed, choices) if typed else []
+    if nearest:
+        message += " " + t("did_you_mean", names=", ".join(fmt.md_escape(n) for n in nearest))
+    return message
+
+
+def _server_inputs(root: Path) -> list[Item]:
+    choices = _folder_picker(root)
     _scan_server_folder()
     state = st.session_state[SERVER_KEY]
-    if state["error"]:
-        st.error(state["error"], icon=":material/folder_off:")
-        return []
     found: sources.ServerImages | None = state["found"]
+    problem = _folder_problem(state["error"], found, choices)
+    if problem:
+        st.error(problem, icon=":material/folder_off:")
+        if found is None:
+            return []
     if found is None:
         st.caption(t("server_folder_hint", root=fmt.md_escape(root)))
         return []
     left, right = st.columns([3, 1], vertical_alignment="center")
-    left.caption(t("server_found", n=len(found.items), folder=fmt.md_escape(found.folder),
-                   size=fmt.size(found.total_bytes)))
+    if found.items:
+        left.caption(t("server_found", n=len(found.items), folder=fmt.md_escape(found.folder),
+                       size=fmt.size(found.total_bytes)))
     right.button(t("rescan"), key="rescan", icon=":material/refresh:", on_click=_scan_server_folder, args=(True,))
     if found.skipped:
         with st.expander(t("server_skipped", n=len(found.skipped)), icon=":material/block:"):
             shown = found.skipped[:SKIPPED_SHOWN]
-            st.dataframe({t("col_file"): [p for p, _ in shown], t("col_reason"): [r for _, r in shown]},
+            st.dataframe({t("col_file"): [p for p, _ in shown], t("col_reason"): [engine_text.text(r) for _, r in shown]},
                          hide_index=True, width="stretch", key="skipped_table")
             if len(found.skipped) > SKIPPED_SHOWN:
                 st.caption(t("server_skipped_more", n=len(found.skipped) - SKIPPED_SHOWN))
@@ -235,7 +293,7 @@ def _current_settings(query_image: QueryImage | None, outcome) -> tuple[RunSetti
             mode=st.session_state.get("mode") or "auto",
         ), None
     except InputError as exc:
-        return None, fmt.sentence(str(exc))
+        return None, engine_text.sentence(str(exc))
 
 
 def _same_files(run: Run, items: list[Item]) -> bool:
@@ -252,7 +310,7 @@ def _live_panel() -> None:
         event, waiting, place, stopping = run.progress, run.waiting, run.queue_position, run.stop_event.is_set()
         total, already, todo = len(run.items), run.already_scored, run.todo
         best = max((r for r in run.results if r.status == "scored"), key=lambda r: r.score, default=None)
-    with st.container(border=True):
+    with st.container(border=True, key="live_panel"):  # kept in view while it runs: ui/style.css
         st.markdown(f"**{t('run_header', total=total)}**")
         if already:
             st.caption(t("resuming", done=already, todo=todo))
@@ -262,7 +320,7 @@ def _live_panel() -> None:
         elif event is None:
             text = t("starting")
         else:
-            text = event.describe()
+            text = fmt.progress(event, done, total)
         if stopping:
             text += " · " + t("stopping")
         bar, button = st.columns([5, 1], vertical_alignment="bottom")
@@ -277,9 +335,19 @@ def _live_panel() -> None:
 
 
 # -- page ---------------------------------------------------------------------------------------
-def _start(run: Run, reranker, items: list[Item], settings: RunSettings) -> None:
-    run.start(reranker, settings=settings, session_alive=session.liveness())
-    media.prepare_thumbnails(items, run.stop_event)
+def _start(run: Run, reranker, settings: RunSettings) -> None:
+    """Start (or resume) the run; its thumbnails are made from the engine's own decoding."""
+    run.start(reranker, settings=settings, session_alive=session.liveness(), on_picture=media.keep_picture)
+
+
+def _demo_banner() -> None:
+    """The demo model's warning, offering exactly the models this server's allow-list allows."""
+    others = [name for name in allowlist.allowed_models() if name != DEMO_NAME]
+    if others:
+        text = t("demo_banner_load", models=t("models_or").join(fmt.md_escape(name) for name in others))
+    else:
+        text = t("demo_banner_only", env=allowlist.MODELS_ENV)
+    st.warning(text, icon=":material/warning:")
 
 
 def main() -> None:
@@ -292,7 +360,7 @@ def main() -> None:
     if reranker is None:
         model_ui.failure_panel(outcome)
     elif reranker.info.is_demo:
-        st.warning(t("demo_banner"), icon=":material/warning:")
+        _demo_banner()
 
     if action == "rank" and st.session_state.get("upload_source") == "server":
         _scan_server_folder(force=True)  # rank what is in the folder now
@@ -321,10 +389,10 @@ def main() -> None:
             run = Run(settings, items, model_name=reranker.info.name, is_demo=reranker.info.is_demo,
                       quantization=reranker.info.quantization)
             st.session_state[RUN_KEY] = run
-            _start(run, reranker, run.items, settings)
+            _start(run, reranker, settings)
     elif action == "resume" and run is not None and not run.running and reranker is not None:
         if same_scores and run.pending() and query_image_usable:
-            _start(run, reranker, [run.items[i] for i in run.pending()], settings)
+            _start(run, reranker, settings)
     elif action == "clear" and run is not None and not run.running:
         st.session_state.pop(RUN_KEY, None)
         st.session_state.pop(results.VIEWER_KEY, None)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from lychee_rerank.results import format_seconds
+from lychee_rerank.results import Progress
+
+from .i18n import t
 
 # Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping them all keeps
 # user text (file names, queries) from becoming links, images, emphasis, LaTeX ($) or colour
@@ -55,8 +57,26 @@ def count(n: int | None) -> str:
 
 
 def seconds(value: float | None) -> str:
+    """A duration in the page's language: '4.2 s', '42 s', '4 min 02 s', '1 h 05 min' (秒, 分, 小时)."""
     if value is None:
         return "–"
     if value < 10:
-        return f"{value:.1f} s"
-    return format_seconds(value)
+        return t("dur_s", s=f"{max(0.0, value):.1f}")
+    whole = round(value)
+    if whole < 60:
+        return t("dur_s", s=whole)
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return t("dur_min_s", m=minutes, s=f"{secs:02d}")
+    hours, minutes = divmod(minutes, 60)
+    return t("dur_h_min", h=hours, m=f"{minutes:02d}")
+
+
+def progress(event: Progress, done: int | None = None, total: int | None = None) -> str:
+    """A run's progress line in the page's language: '37/120 · 4.2 img/s · ETA 20 s'. ``done`` and
+    ``total`` count the whole run when it is a resume (the event counts this start only)."""
+    done = event.done if done is None else done
+    total = event.total if total is None else total
+    if event.eta_s is None or event.done >= event.total:
+        return t("progress_line", done=done, total=total, rate=f"{event.images_per_s:.1f}")
+    return t("progress_line_eta", done=done, total=total, rate=f"{event.images_per_s:.1f}", eta=seconds(event.eta_s))

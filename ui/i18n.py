@@ -67,12 +67,20 @@ STRINGS: dict[str, tuple[str, str]] = {
     "use_demo": ("Use the built-in demo model", "使用内置演示模型"),
     "retry": ("Retry loading", "重新加载"),
     "demo_badge": ("Demo weights — scores mean nothing", "演示权重——分数没有意义"),
-    "demo_banner": (
-        "Demo model in use: tiny random weights for trying the app. Its scores mean nothing — load the "
-        "real model (vec-ai/lychee-rerank-mm) in the sidebar for meaningful rankings.",
-        "正在使用演示模型：仅用于试用的微型随机权重，其分数没有任何意义。如需有意义的排序，请在侧边栏加载"
-        "真实模型（vec-ai/lychee-rerank-mm）。",
+    "demo_banner_load": (
+        "Demo model in use: tiny random weights for trying the app. Its scores mean nothing — load {models} "
+        "in the sidebar for meaningful rankings.",
+        "正在使用演示模型：仅用于试用的微型随机权重，其分数没有任何意义。如需有意义的排序，请在侧边栏加载 "
+        "{models}。",
     ),
+    "demo_banner_only": (
+        "Demo model in use: tiny random weights for trying the app. Its scores mean nothing, and this server "
+        "offers no other model ({env}): ask its administrator for the real one.",
+        "正在使用演示模型：仅用于试用的微型随机权重，其分数没有任何意义；本服务器不提供其他模型（{env}），"
+        "如需真实模型请联系管理员。",
+    ),
+    "models_or": (" or ", " 或 "),
+    "starting_app": ("Starting the app…", "正在启动应用……"),
     "demo_results": (
         "These scores come from the demo model's random weights: the order is meaningless.",
         "这些分数来自演示模型的随机权重：排序没有意义。",
@@ -127,16 +135,45 @@ STRINGS: dict[str, tuple[str, str]] = {
     "src_folder": ("Uploaded folder", "上传文件夹"),
     "src_server": ("Folder on the server", "服务器上的文件夹"),
     "server_folder": ("Folder on the server", "服务器上的文件夹"),
-    "server_folder_placeholder": ("e.g. photos/2024", "例如：photos/2024"),
+    "server_folder_placeholder": ("Choose a folder, or type its path", "选择文件夹，或输入其路径"),
     "server_folder_help": (
-        "A folder inside {root}: absolute, or relative to it. Subfolders are included. The images are read "
-        "on the server where they are; nothing is uploaded.",
-        "{root} 内的文件夹：绝对路径或相对于它的路径，包含子文件夹。图片直接在服务器上读取，无需上传。",
+        "The folders inside {root} are listed with the images under each; any other folder inside it can be "
+        "typed (absolute, or relative to it) and chosen with Enter. Subfolders are included. The images are "
+        "read on the server where they are; nothing is uploaded.",
+        "列出了 {root} 内的文件夹及其中的图片数；也可以输入其中的任何其他文件夹（绝对路径或相对路径）并按回车选择。"
+        "包含子文件夹。图片直接在服务器上读取，无需上传。",
     ),
     "server_folder_hint": (
-        "Type a folder inside {root} (. for all of it) and press Enter.",
-        "输入 {root} 内的文件夹（. 表示全部）并按回车。",
+        "Choose a folder inside {root}, or type its path and press Enter.",
+        "选择 {root} 内的文件夹，或输入其路径并按回车。",
     ),
+    "folder_option": ("{path} · {n} images", "{path} · {n} 张图片"),
+    "folder_option_more": ("{path} · {n}+ images", "{path} · {n}+ 张图片"),
+    "folder_root": ("(the whole data folder)", "（整个数据文件夹）"),
+    "folder_none": ("Choose a folder inside the data folder.", "请选择数据文件夹内的文件夹。"),
+    "folder_no_root": (
+        "The data folder {root} ({env}) does not exist on the server.", "服务器上不存在数据文件夹 {root}（{env}）。"
+    ),
+    "folder_nul": ("A folder name cannot contain a NUL byte.", "文件夹名称不能包含 NUL 字节。"),
+    "folder_missing": ("There is no folder {folder} in {root}.", "{root} 中没有文件夹 {folder}。"),
+    "folder_broken_link": (
+        "The folder {folder} is a broken link: it points to nothing.", "文件夹 {folder} 是失效的链接：它没有指向任何内容。"
+    ),
+    "folder_name_too_long": (
+        "This name is too long for the server's file system ({n} characters).",
+        "该名称过长，服务器的文件系统无法处理（{n} 个字符）。",
+    ),
+    "folder_loop": (
+        "The folder {folder} is a link that leads back to itself (a loop).", "文件夹 {folder} 是指回自身的链接（循环）。"
+    ),
+    "folder_unreadable": ("The folder {folder} cannot be opened ({reason}).", "无法打开文件夹 {folder}（{reason}）。"),
+    "folder_outside": (
+        "The folder {folder} is outside the data folder {root}; only folders inside it can be ranked.",
+        "文件夹 {folder} 位于数据文件夹 {root} 之外；只能对其中的文件夹排序。",
+    ),
+    "folder_is_file": ("The path {folder} is a file, not a folder.", "路径 {folder} 是文件，不是文件夹。"),
+    "did_you_mean": ("Did you mean {names}?", "您是不是要找 {names}？"),
+    "server_empty": ("There are no images in {folder}.", "{folder} 中没有图片。"),
     "server_found": (
         "{n} images found in {folder} ({size}); they are read from the server's disk, not uploaded.",
         "在 {folder} 中找到 {n} 张图片（{size}）；直接从服务器磁盘读取，无需上传。",
@@ -186,6 +223,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "stopping": ("stopping after the current batch…", "当前批次完成后停止……"),
     "best_so_far": ("Best so far: {name} ({score})", "目前最佳：{name}（{score}）"),
+    "progress_line": ("{done}/{total} · {rate} img/s", "{done}/{total} · 每秒 {rate} 张"),
+    "progress_line_eta": ("{done}/{total} · {rate} img/s · ETA {eta}", "{done}/{total} · 每秒 {rate} 张 · 预计还需 {eta}"),
+    "dur_s": ("{s} s", "{s} 秒"),
+    "dur_min_s": ("{m} min {s} s", "{m} 分 {s} 秒"),
+    "dur_h_min": ("{h} h {m} min", "{h} 小时 {m} 分"),
     "run_failed": ("The run failed: {reason}", "运行失败：{reason}"),
     "input_error": ("Cannot rank: {reason}", "无法排序：{reason}"),
     "stopped_note": (
@@ -222,9 +264,17 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "min_score": ("Minimum score", "最低分数"),
     "filters_help": (
-        "Display filters only: nothing is scored again, and downloads always hold the full ranking.",
-        "仅为显示筛选：不会重新评分，下载内容始终是完整排序。",
+        "Display filters only: nothing is scored again. The CSV and JSON always hold the full ranking; the ZIP "
+        "holds the images shown.",
+        "仅为显示筛选：不会重新评分。CSV 和 JSON 始终是完整排序；ZIP 包含当前显示的图片。",
     ),
+    "find_file": ("Find a file", "查找文件"),
+    "find_file_placeholder": ("part of a file name", "文件名的一部分"),
+    "find_file_help": (
+        "Shows only the images whose name contains this text (any case), each with its rank in the whole ranking.",
+        "只显示名称包含该文本（不区分大小写）的图片，每张都显示其在整个排序中的名次。",
+    ),
+    "found_files": ("{n} of the {scored} scored images match “{text}”.", "{scored} 张已评分图片中有 {n} 张匹配“{text}”。"),
     "show_as": ("Show as", "显示方式"),
     "view_gallery": ("Gallery", "图库"),
     "view_table": ("Table", "表格"),
@@ -276,10 +326,19 @@ STRINGS: dict[str, tuple[str, str]] = {
         "Too large for one ZIP (at most {limit}): lower Show top K or select rows in the table.",
         "超出单个 ZIP 的上限（最多 {limit}）：请减小“显示前 K 张”或在表格中选择行。",
     ),
+    "zip_left_out": (
+        "{n} of these files can no longer be read and will be left out of the ZIP (NOT_INCLUDED.txt inside it "
+        "lists them): {names}",
+        "其中 {n} 个文件已无法读取，将不包含在 ZIP 中（ZIP 内的 NOT_INCLUDED.txt 列出了它们）：{names}",
+    ),
     "downloads_help": (
         "The full ranking: every image, errors and unscored ones included, whatever the display filters.",
         "完整排序：包含所有图片（含错误和未评分的），不受显示筛选影响。",
     ),
+    # Streamlit's own texts in the file uploader (drawn over them in Chinese: ui/style.py)
+    "uploader_button": ("Upload", "上传"),
+    "uploader_folder_button": ("Upload directories", "上传文件夹"),
+    "uploader_limit": ("{mb} MB per file", "每个文件最大 {mb} MB"),
     # Memory readouts
     "no_gpu_short": ("No NVIDIA GPU — running on CPU", "未检测到 NVIDIA GPU — 正在 CPU 上运行"),
     "no_gpu": ("No NVIDIA GPU detected — running on CPU.", "未检测到 NVIDIA GPU — 正在 CPU 上运行。"),

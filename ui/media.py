@@ -1,10 +1,13 @@
 """Uploads and pictures: content hashes, upload names, the query image check, cached thumbnails.
 
 Images are decoded with the engine's own rules (lychee_rerank.images.load_image: orientation,
-transparency, odd modes), so what the page shows is what the model sees. Thumbnails are made when
-first shown (or while a run scores, when the CPU is otherwise idle) and kept in a cache bounded in
-bytes and shared by every session, so reruns, filters and page changes never decode an image twice
-and the gallery only ever ships small JPEGs.
+transparency, odd modes), so what the page shows is what the model sees. Thumbnails never cost a
+second full-resolution decode: while a run scores, each is made from the picture the engine has
+just decoded for the model (``keep_picture``); any other (an image not scored yet, a file that
+failed, a thumbnail pushed out of the cache) is made when first shown, from a JPEG decoded at a
+reduced DCT scale. They are kept in a cache bounded in bytes and shared by every session, so
+reruns, filters and page changes never decode an image twice and the gallery only ever ships
+small JPEGs.
 """
 
 from __future__ import annotations
@@ -92,7 +95,9 @@ def _jpeg(picture: Image.Image) -> bytes:
 def _fit(source: ImageSource, max_side: int, *, keep_strips_visible: bool = False) -> bytes | None:
     """A JPEG of the image at most ``max_side`` a side, or None when it cannot be decoded."""
     try:
-        picture = load_image(source)
+        # A JPEG is decoded at the smallest DCT scale (1/2 .. 1/8) still covering max_side: a 12-MP
+        # photo's thumbnail decodes about 1/64 of its pixels.
+        picture = load_image(source, reduce_to=(max_side, max_side))
     except ImageError:
         return None
     if keep_strips_visible:
@@ -180,20 +185,17 @@ def table_thumb_uri(item: Item) -> str | None:
     return None if tiny is None else "data:image/jpeg;base64," + base64.b64encode(tiny).decode("ascii")
 
 
-def prepare_thumbnails(items: Sequence[Item], stop: threading.Event) -> threading.Thread:
-    """Make the gallery's thumbnails in a background thread while a run scores (the CPU is mostly idle
-    during GPU forwards), so the results appear at once when it ends. It stops when the run stops and
-    when the cache is full: it never pushes out thumbnails someone is looking at."""
-
-    def work() -> None:
-        for item in items:
-            if stop.is_set() or _cache.full():
-                return
-            card_thumb(item)
-
-    thread = threading.Thread(target=work, name="lychee-app-thumbnails", daemon=True)
-    thread.start()
-    return thread
+def keep_picture(item: Item, picture: Image.Image, size: tuple[int, int]) -> None:
+    """The thumbnail of an image being scored, made from the picture the engine decoded for the
+    model (Reranker.run's on_picture, in a preprocessing thread): a small resize, no decoding. The
+    picture is at model size, its sides rounded to 28 pixels; ``size`` restores the true aspect
+    ratio. Strips thin enough to need cropping are left to ``thumb`` (their middle part)."""
+    width, height = size
+    if max(width, height) > min(width, height) * THUMB_SIDE / MIN_THUMB_THICKNESS or _cache.full():
+        return
+    scale = min(1.0, THUMB_SIDE / max(width, height))
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    _cache.get((item.digest, "thumb"), lambda: _jpeg(picture.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)))
 
 
 def full_view(item: Item) -> bytes | None:

@@ -15,7 +15,7 @@ import streamlit as st
 
 from lychee_rerank import DEMO_NAME, DTYPES, QUANTIZE_MODES, ModelLoadError, Reranker
 
-from . import allowlist, fmt
+from . import allowlist, engine_text, fmt
 from .i18n import t
 from .state import SESSION_KEY
 
@@ -28,6 +28,7 @@ DTYPE_INPUT_KEY = "dtype_input"
 QUANTIZE_KEY = "model_quantize"
 QUANTIZE_INPUT_KEY = "quantize_input"
 REFUSED_KEY = "model_refused"  # the sentence refusing the last name typed, shown under the form
+FORM_GENERATION_KEY = "model_form_generation"  # bumped to redraw the form's boxes from the model in use
 # The real model is ~17 GB: more than two cached models would fill most GPUs.
 MAX_CACHED_MODELS = 2
 
@@ -37,7 +38,7 @@ class LoadOutcome:
     name: str
     dtype: str
     reranker: Reranker | None = None
-    error: str | None = None  # one sentence, when reranker is None
+    error: str | None = None  # the engine's message (English; worded for the page by ui/engine_text.py)
     quantize: str = "auto"  # as asked for; reranker.info.quantization says what was loaded
 
 
@@ -46,11 +47,11 @@ def _load(name: str, dtype: str, quantize: str) -> LoadOutcome:
     try:
         return LoadOutcome(name, dtype, reranker=Reranker.load(name, dtype=dtype, quantize=quantize), quantize=quantize)
     except ModelLoadError as exc:
-        return LoadOutcome(name, dtype, error=fmt.sentence(str(exc)), quantize=quantize)
+        return LoadOutcome(name, dtype, error=str(exc), quantize=quantize)
     except Exception as exc:  # never a traceback on the page; the log keeps it
         log.exception("loading %s failed", name)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return LoadOutcome(name, dtype, error=fmt.sentence(f"could not load {name}: {first}"), quantize=quantize)
+        return LoadOutcome(name, dtype, error=f"could not load {name}: {first}", quantize=quantize)
 
 
 def selected() -> tuple[str, str, str]:
@@ -94,7 +95,9 @@ def _apply_sidebar_choice(name_key: str, dtype_key: str, quantize_key: str) -> N
     name = (st.session_state.get(name_key) or "").strip() or allowlist.initial_model()
     if not allowlist.is_allowed(name):
         st.session_state[REFUSED_KEY] = allowlist.refusal(name)
-        st.session_state[name_key] = selected()[0]  # the box shows the model in use again
+        # The box shows the model in use again: a new box (a new key), never a value written into the
+        # old one's state (Streamlit warns about a widget with both a default and a state value).
+        st.session_state[FORM_GENERATION_KEY] = st.session_state.get(FORM_GENERATION_KEY, 0) + 1
         return
     st.session_state.pop(REFUSED_KEY, None)
     choose(name, st.session_state.get(dtype_key) or "auto", st.session_state.get(quantize_key) or "auto")
@@ -107,8 +110,9 @@ def sidebar_form() -> None:
     main-script widgets when st.navigation's page changes, and they must not fall back to blanks then.
     """
     name, dtype, quantize = selected()
-    name_key, dtype_key = f"{MODEL_INPUT_KEY}:{name}", f"{DTYPE_INPUT_KEY}:{dtype}"
-    quantize_key = f"{QUANTIZE_INPUT_KEY}:{quantize}"
+    generation = st.session_state.get(FORM_GENERATION_KEY, 0)
+    name_key = f"{MODEL_INPUT_KEY}:{name}" + (f":{generation}" if generation else "")
+    dtype_key, quantize_key = f"{DTYPE_INPUT_KEY}:{dtype}", f"{QUANTIZE_INPUT_KEY}:{quantize}"
     with st.sidebar.form("model_form", border=False):
         st.text_input(t("model_input"), value=name, key=name_key,
                       help=t("model_input_help", allowed=", ".join(allowlist.allowed_models())))
@@ -129,7 +133,7 @@ def sidebar_info(outcome: LoadOutcome, *, with_reason: bool = True) -> None:
     if outcome.reranker is None:
         sidebar.error(t("model_failed_short", name=outcome.name), icon=":material/error:")
         if with_reason:
-            sidebar.caption(fmt.md_escape(outcome.error))
+            sidebar.caption(fmt.md_escape(engine_text.sentence(outcome.error)))
         if allowlist.is_allowed(DEMO_NAME):
             sidebar.button(t("use_demo"), on_click=use_demo, key="sidebar_use_demo")
         return
@@ -156,7 +160,7 @@ def sidebar_info(outcome: LoadOutcome, *, with_reason: bool = True) -> None:
 
 def failure_panel(outcome: LoadOutcome) -> None:
     """On the main page: why the model is missing (one sentence) and the way out (the demo model)."""
-    st.error(t("model_error", reason=outcome.error), icon=":material/error:")
+    st.error(t("model_error", reason=engine_text.sentence(outcome.error)), icon=":material/error:")
     row = st.container(horizontal=True, gap="small")
     if allowlist.is_allowed(DEMO_NAME):
         row.button(t("use_demo"), on_click=use_demo, type="primary", key="page_use_demo")

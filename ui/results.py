@@ -1,27 +1,30 @@
 """The ranked results of a run: summary, downloads (CSV, JSON, ZIP of originals), filters, a paged
 gallery with a full-size viewer, and a table.
 
-The display filters (top K, minimum score) never score anything again. The gallery pages the
-filtered ranking (a pager above and below it); the viewer walks the same ranking with
-Previous/Next (buttons, or the arrow keys). The ZIP holds the original files of the images shown,
-or of the rows selected in the table, named by rank.
+The display filters (top K, minimum score, a file name to find) never score anything again; a
+file found keeps its rank in the whole ranking. The gallery pages the filtered ranking (a pager
+above and below it; changing "Per page" keeps the first image shown on screen); the viewer walks
+the same ranking with Previous/Next (buttons, or the arrow keys). The ZIP holds the original files
+of the images shown, or of the rows selected in the table, named by rank: it is written to a
+temporary file when the button is clicked, and Streamlit's copy of it is released once downloaded
+(ui/session.py); a file that can no longer be read is named on the page and left out.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import pandas as pd
 import streamlit as st
 
-from lychee_rerank import ImageResult, RunSettings, archive, export
+from lychee_rerank import ImageError, ImageResult, RunSettings, archive, export
 from lychee_rerank.results import ranked
 
-from . import fmt, media
+from . import engine_text, fmt, media, session
 from . import state as run_state
 from .i18n import t
 from .state import Run
@@ -30,15 +33,17 @@ from .widgets import choice
 PERSIST = "session"  # filters keep their values across page switches
 VIEWER_KEY = "viewer_item"  # index (in run.items) of the image the viewer shows; absent: closed
 PAGE_KEY = "gallery_page"  # the gallery's page, shared by the pagers above and below it
+PER_PAGE_KEY = "gallery_per_page"
+PER_PAGE_SHOWN_KEY = "gallery_per_page_shown"  # the page size the gallery was last drawn with
 TABLE_KEY = "results_table"
 PER_PAGE_OPTIONS = (20, 40, 80, 160)
 # Previews in the table for the first rows only: a table of 10,000 rows would otherwise decode 10,000
 # images before it shows.
 TABLE_PREVIEW_ROWS = 300
-# A ZIP is built in the server's memory before it is sent; beyond this, fewer images must be chosen.
+# Streamlit serves a download from its memory (its only way): beyond this, fewer images must be chosen.
 ZIP_LIMIT_BYTES = 1_000_000_000
+ZIP_LEFT_OUT_NAMED = 3  # files named on the page when some cannot be read (NOT_INCLUDED.txt has them all)
 log = logging.getLogger("lychee_rerank.app")
-STYLE = Path(__file__).with_name("style.css")
 
 
 # -- viewer -----------------------------------------------------------------------------------------
@@ -95,26 +100,35 @@ def _viewer(run: Run, shown: Sequence[ImageResult]) -> None:
 
 
 # -- gallery ----------------------------------------------------------------------------------------
-def _page_chosen(widget_key: str, other_key: str) -> None:
-    """Either pager moves both."""
-    page = st.session_state.get(widget_key)
-    st.session_state[PAGE_KEY] = page
-    st.session_state[other_key] = page
+def _page_chosen(widget_key: str) -> None:
+    """Either pager moves both (the next run draws both at the page chosen)."""
+    st.session_state[PAGE_KEY] = st.session_state.get(widget_key)
 
 
-def _pager(pages: int, where: str, other: str, layout: str) -> int:
-    key, other_key = f"pager_{where}_{layout}", f"pager_{other}_{layout}"
+def _per_page_changed() -> None:
+    """A new page size keeps the first image shown on screen: the page that holds it."""
+    old = st.session_state.get(PER_PAGE_SHOWN_KEY)
+    new = st.session_state.get(PER_PAGE_KEY)
+    if old and new:
+        first = (st.session_state.get(PAGE_KEY, 1) - 1) * old
+        st.session_state[PAGE_KEY] = first // new + 1
+
+
+def _pager(pages: int, where: str, layout: str) -> int:
+    """A pager at the session's page. Its key names the page it starts at, so it is never set through
+    session state (Streamlit warns when a widget has both a default and a session-state value)."""
     page = min(max(1, st.session_state.get(PAGE_KEY, 1)), pages)
     st.session_state[PAGE_KEY] = page
-    if st.session_state.get(key) != page:
-        st.session_state[key] = page
-    return st.pagination(pages, key=key, max_visible_pages=9, on_change=_page_chosen, args=(key, other_key))
+    key = f"pager_{where}_{layout}_{page}"
+    st.pagination(pages, default=page, key=key, max_visible_pages=9, on_change=_page_chosen, args=(key,))
+    return page
 
 
 def _gallery(run: Run, shown: Sequence[ImageResult], ncols: int, per_page: int) -> None:
     pages = max(1, math.ceil(len(shown) / per_page))
     layout = f"{pages}x{per_page}"  # other page counts are other pagers
-    page = _pager(pages, "top", "bottom", layout) if pages > 1 else 1
+    page = _pager(pages, "top", layout) if pages > 1 else 1
+    st.session_state[PER_PAGE_SHOWN_KEY] = per_page
     visible = shown[(page - 1) * per_page: page * per_page]
     for start in range(0, len(visible), ncols):
         columns = st.columns(ncols)
@@ -130,7 +144,7 @@ def _gallery(run: Run, shown: Sequence[ImageResult], ncols: int, per_page: int) 
                           type="tertiary", wrap=False, width="stretch", on_click=_open_viewer, args=(result.index,),
                           help=fmt.md_escape(item.name) if own_name != item.name else None)
     if pages > 1:
-        _pager(pages, "bottom", "top", layout)
+        _pager(pages, "bottom", layout)
 
 
 # -- table ------------------------------------------------------------------------------------------
@@ -195,32 +209,72 @@ def _downloads(run: Run, results: Sequence[ImageResult]) -> None:
     )
 
 
-def zip_maker(run: Run, chosen: Sequence[ImageResult]) -> Callable[[], bytes]:
+def zip_maker(run: Run, chosen: Sequence[ImageResult]) -> Callable[[], BinaryIO]:
     """Builds the ZIP of the chosen images' original files when the button is clicked (not on every
-    rerun). It is written to a temporary file first, so only the finished archive sits in memory."""
+    rerun), into a temporary file: Streamlit reads that once, and lets go of its copy after the
+    download (session.release_downloads)."""
     chosen_entries = archive.entries(chosen, lambda r: run.items[r.index].source)
 
-    def build() -> bytes:
-        with tempfile.TemporaryFile(prefix="lychee-zip-") as spool:
-            report = archive.write_zip(spool, chosen_entries)  # unreadable files: listed inside the ZIP
-            if report.skipped:
-                log.warning("ZIP: %d file(s) left out: %s", len(report.skipped), report.skipped[:5])
-            spool.seek(0)
-            return spool.read()
+    def build() -> BinaryIO:
+        with tempfile.NamedTemporaryFile(prefix="lychee-zip-", suffix=".zip", delete=False) as spool:
+            try:
+                report = archive.write_zip(spool, chosen_entries)  # unreadable files: listed inside the ZIP
+                zip_file = open(spool.name, "rb")  # noqa: SIM115 - Streamlit reads it whole, then drops it
+            finally:
+                os.unlink(spool.name)  # the open file stays readable; nothing is left on disk
+        if report.skipped:
+            log.warning("ZIP: %d file(s) left out: %s", len(report.skipped), report.skipped[:5])
+        session.release_downloads()
+        return zip_file
 
     return build
 
 
-def _zip_button(run: Run, chosen: Sequence[ImageResult], selected: bool) -> None:
-    total = sum(run.items[r.index].nbytes for r in chosen)
+def _zip_contents(run: Run, chosen: Sequence[ImageResult]) -> tuple[int, list[tuple[str, str]]]:
+    """Bytes the ZIP will hold, and the chosen files that can no longer be read (name, why)."""
+    total, unreadable = 0, []
+    for result in chosen:
+        source = run.items[result.index].source
+        if isinstance(source, (bytes, bytearray)):
+            total += len(source)
+            continue
+        try:
+            with source.open() as file:  # a server file, checked where it is opened
+                total += os.fstat(file.fileno()).st_size
+        except ImageError as exc:
+            unreadable.append((result.name, str(exc)))
+    return total, unreadable
+
+
+def _zip_button(run: Run, chosen: Sequence[ImageResult], selected: bool) -> list[tuple[str, str]]:
+    """The ZIP's download button; returns the chosen files it will leave out (unreadable)."""
+    total, unreadable = _zip_contents(run, chosen)
     too_big = total > ZIP_LIMIT_BYTES
     label = t("zip_selected" if selected else "zip_shown", n=len(chosen), size=fmt.size(total))
     help_text = t("zip_too_big", limit=fmt.size(ZIP_LIMIT_BYTES)) if too_big else t("zip_help")
     st.download_button(
         label, data=zip_maker(run, chosen), file_name=f"lychee-top-{len(chosen)}.zip", mime="application/zip",
-        on_click="ignore", key="download_zip", icon=":material/folder_zip:", disabled=too_big or not chosen,
+        # a rerun after the click: the page checks the files again and says which are gone
+        on_click="rerun", key="download_zip", icon=":material/folder_zip:", disabled=too_big or not chosen,
         help=help_text,
     )
+    return unreadable
+
+
+def _left_out(unreadable: list[tuple[str, str]]) -> None:
+    named = [f"{fmt.md_escape(name)} ({fmt.md_escape(engine_text.text(why))})" for name, why in unreadable[:ZIP_LEFT_OUT_NAMED]]
+    names = "; ".join(named) + (" …" if len(unreadable) > ZIP_LEFT_OUT_NAMED else "")
+    st.warning(t("zip_left_out", n=len(unreadable), names=names), icon=":material/folder_off:")
+
+
+def _filtered(scored: Sequence[ImageResult], top_k: int, min_score: float, find: str) -> list[ImageResult]:
+    """What the page shows: a file name searched for is found in the whole ranking (each keeps its
+    rank); otherwise the ranking cut by the minimum score and the top K."""
+    if find:
+        needle = find.casefold()
+        return [r for r in scored if needle in r.name.casefold()]
+    shown = [r for r in scored if r.score >= min_score]
+    return shown[: int(top_k)] if top_k else shown
 
 
 # -- the whole section ------------------------------------------------------------------------------
@@ -236,7 +290,7 @@ def show(run: Run, settings: RunSettings | None) -> None:
     if run.error is not None:
         kind, message = run.error
         template = "input_error" if kind == "input" else "run_failed"
-        st.error(t(template, reason=fmt.sentence(message)), icon=":material/error:")
+        st.error(t(template, reason=engine_text.sentence(message)), icon=":material/error:")
     changes = run.settings.changes(settings) if settings is not None else []
     if changes:
         st.warning(
@@ -255,7 +309,6 @@ def show(run: Run, settings: RunSettings | None) -> None:
             st.caption(t("no_results_yet"))
         return
 
-    st.html(STYLE)  # the viewer fits the screen, names on cards stay on one line
     st.subheader(t("results"))
     if run.is_demo:
         st.warning(t("demo_results"), icon=":material/warning:")
@@ -269,7 +322,7 @@ def show(run: Run, settings: RunSettings | None) -> None:
     if errors:
         with st.expander(t("errors_title", n=len(errors)), expanded=len(errors) <= 5, icon=":material/broken_image:"):
             st.dataframe(
-                pd.DataFrame({"file": [r.name for r in errors], "error": [r.error for r in errors]}),
+                pd.DataFrame({"file": [r.name for r in errors], "error": [engine_text.text(r.error) for r in errors]}),
                 hide_index=True, width="stretch", key="errors_table",
                 column_config={
                     "file": st.column_config.TextColumn(t("col_file")),
@@ -279,7 +332,9 @@ def show(run: Run, settings: RunSettings | None) -> None:
     if not scored:
         return
 
-    c1, c2, c3, c4, c5 = st.columns([1.3, 2, 1.3, 1.4, 1], vertical_alignment="bottom")
+    c0, c1, c2, c3, c4, c5 = st.columns([1.6, 1.1, 1.8, 1.3, 1.4, 1], vertical_alignment="bottom")
+    find = c0.text_input(t("find_file"), key="find_file", placeholder=t("find_file_placeholder"),
+                         help=t("find_file_help"), persist_state=PERSIST).strip()
     top_k = c1.number_input(t("top_k"), min_value=0, value=0, step=1, key="top_k",
                             help=t("top_k_help"), persist_state=PERSIST)
     min_score = c2.slider(t("min_score"), 0.0, 1.0, 0.0, 0.001, format="%.3f", key="min_score",
@@ -290,13 +345,14 @@ def show(run: Run, settings: RunSettings | None) -> None:
     if view == "gallery":
         ncols = c4.select_slider(t("columns"), options=list(range(2, 9)), value=5, key="gallery_columns",
                                  persist_state=PERSIST)
-        per_page = c5.selectbox(t("per_page"), PER_PAGE_OPTIONS, index=1, key="gallery_per_page",
-                                persist_state=PERSIST)
-    shown = [r for r in scored if r.score >= min_score]
-    if top_k:
-        shown = shown[: int(top_k)]
+        per_page = c5.selectbox(t("per_page"), PER_PAGE_OPTIONS, index=1, key=PER_PAGE_KEY,
+                                on_change=_per_page_changed, persist_state=PERSIST)
+    shown = _filtered(scored, top_k, min_score, find)
     caption_row = st.container(horizontal=True, vertical_alignment="center", gap="small")
-    caption_row.caption(t("showing", shown=len(shown), scored=len(scored)))
+    if find:
+        caption_row.caption(t("found_files", n=len(shown), scored=len(scored), text=fmt.md_escape(find)))
+    else:
+        caption_row.caption(t("showing", shown=len(shown), scored=len(scored)))
     zip_slot = caption_row.empty()
     selected: list[ImageResult] = []
     if not shown:
@@ -306,6 +362,8 @@ def show(run: Run, settings: RunSettings | None) -> None:
     else:
         _gallery(run, shown, ncols, per_page)
     with zip_slot:
-        _zip_button(run, selected or shown, bool(selected))
+        unreadable = _zip_button(run, selected or shown, bool(selected))
+    if unreadable:
+        _left_out(unreadable)
     if st.session_state.get(VIEWER_KEY) is not None:
         _viewer(run, shown)

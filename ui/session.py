@@ -7,7 +7,11 @@ the function does nothing:
   page reloaded, network gone). A reconnecting browser gets the same session back.
 - the uploaded-file manager keeps every upload's bytes until the session is shut down (for a closed
   tab: once server.disconnectedSessionTTL has passed and Streamlit drops the session);
-  ``remove_file`` is what Streamlit itself calls when a file is removed from an uploader.
+  ``remove_file`` is what Streamlit itself calls when a file is removed from an uploader;
+- the media file manager keeps a download generated on click (the ZIP) in memory until two of its
+  sweeps (``remove_orphaned_files``, which Streamlit runs after each script run) have seen nobody
+  referring to it: the first marks it, the second drops it. ``release_downloads`` runs those sweeps
+  itself a little later, so the archive leaves memory without waiting for the next click.
 Outside a server (AppTest, bare mode) a session always counts as connected and there is nothing to
 release.
 """
@@ -58,6 +62,30 @@ def release_uploads(file_ids: Iterable[str]) -> None:
     timer = threading.Timer(TRIM_DELAY_S, trim_memory)
     timer.daemon = True
     timer.start()
+
+
+# Seconds after a generated download is handed to Streamlit: the first sweep marks it, the second
+# drops it. By the first, the browser has long started fetching it (it asks as soon as it has the
+# URL, and an answer being sent holds its own reference).
+DOWNLOAD_SWEEPS_S = (30.0, 60.0)
+
+
+def release_downloads() -> None:
+    """Have Streamlit let go of a download generated on click (and any other unreferenced one) once
+    it has been fetched, and hand the memory back. Callable from any thread; outside a server, a no-op."""
+    if not runtime.exists():
+        return
+    manager = runtime.get_instance().media_file_mgr
+
+    def sweep(last: bool) -> None:
+        manager.remove_orphaned_files()
+        if last:
+            trim_memory()
+
+    for delay in DOWNLOAD_SWEEPS_S:
+        timer = threading.Timer(delay, sweep, args=(delay == DOWNLOAD_SWEEPS_S[-1],))
+        timer.daemon = True
+        timer.start()
 
 
 def trim_memory() -> None:

@@ -16,10 +16,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from lychee_rerank import ImageResult, InputError, Progress, Ranking, Reranker, RunSettings
 from lychee_rerank.confine import DataFile
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger("lychee_rerank.app")
 
@@ -122,13 +125,15 @@ class Run:
         *,
         settings: RunSettings | None = None,
         session_alive: Callable[[], bool] | None = None,
+        on_picture: Callable[[Item, "Image.Image", tuple[int, int]], None] | None = None,
     ) -> None:
         """Rank ``indices`` (default: every image not scored yet) in a background thread.
 
         ``settings``: for a resume, the page's current settings (same scores, perhaps another
         execution mode); refused when they would score differently. ``session_alive`` says whether
         the browser session that started the run is still connected; once it has said no for
-        DISCONNECT_GRACE_S, the run stops.
+        DISCONNECT_GRACE_S, the run stops. ``on_picture(item, picture, size)``: each image as the
+        engine decoded it for the model (Reranker.run's hook), for thumbnails.
         """
         if settings is not None and settings.changes(self.settings):
             raise ValueError(f"these results were scored under other settings ({', '.join(settings.changes(self.settings))})")
@@ -149,7 +154,8 @@ class Run:
             self.todo = len(indices)
             self.starts += 1
             self.thread = threading.Thread(
-                target=self._work, args=(reranker, indices, session_alive), name="lychee-app-run", daemon=True
+                target=self._work, args=(reranker, indices, session_alive, on_picture), name="lychee-app-run",
+                daemon=True,
             )
         self.thread.start()
 
@@ -160,8 +166,12 @@ class Run:
             thread.join(timeout)
         return not self.running
 
-    def _work(self, reranker: Reranker, indices: list[int], session_alive) -> None:
+    def _work(self, reranker: Reranker, indices: list[int], session_alive, on_picture) -> None:
         sources = [self.items[i].source for i in indices]
+
+        def picture_hook(index, picture, size) -> None:  # the engine's index is into this start's subset
+            on_picture(self.items[indices[index]], picture, size)
+
         names = [self.items[i].name for i in indices]
         stop_event = self.stop_event
         last_seen = time.monotonic()
@@ -199,7 +209,8 @@ class Run:
 
         status, error = FAILED, None
         try:
-            ranking = reranker.run(self.settings, sources, names=names, progress=on_progress, should_stop=should_stop)
+            ranking = reranker.run(self.settings, sources, names=names, progress=on_progress, should_stop=should_stop,
+                                   on_picture=picture_hook if on_picture is not None else None)
         except InputError as exc:
             error = ("input", str(exc))
         except Exception as exc:  # the page shows one sentence; the log keeps the traceback
