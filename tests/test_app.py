@@ -134,7 +134,7 @@ def test_rank_three_images_gallery_table_and_csv(app, downloads, rank_calls):
     assert [row["file"] for row in rows] == [n for _, _, n in gallery]
     assert [row["rank"] for row in rows] == ["1", "2", "3"]
     assert [float(row["score"]) for row in rows] == sorted((float(r["score"]) for r in rows), reverse=True)
-    assert '"demo_model": true' in downloads["lychee-ranking.json"].decode("utf-8")
+    assert '"demo_model": true' in downloads["lychee-ranking.json"].decode("utf-8")  # the CLI's schema
 
     app.segmented_control(key="view_as__en").set_value("table").run()
     table = table_with(app, "preview")
