@@ -2,11 +2,17 @@
 
     .venv/bin/python scripts/app_memory.py upload --images 1000      # upload 1,000 photos, rank, clear
     .venv/bin/python scripts/app_memory.py server --images 1000      # rank a 1,000-photo server folder
+    .venv/bin/python scripts/app_memory.py server --images 300 --file-mb 2.5 --zip
+                                                 # ... then download the ZIP of all 300 (750 MB)
 
 Starts `streamlit run app.py` (demo model) from --project (default: this checkout), drives it with
 Playwright through /usr/bin/chromium, and prints the server's resident memory (RSS, with its child
 processes) at each step, and its peak while ranking. The photos are ~300 KB noisy JPEGs, each with
-different bytes. Figures depend on the machine: say where they were taken.
+different bytes (``--file-mb`` pads each file to that size after the JPEG's end, where decoders do
+not look: large files, quick to rank). With ``--zip``, the ZIP of every photo is downloaded after
+ranking: the script prints the server's memory before the click, its peak, and once the app has let
+go of the archive (ui/session.py: about a minute after the click). Figures depend on the machine:
+say where they were taken.
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from imagegen import encode, photo  # noqa: E402
 DISTINCT = 16  # different pictures; every file still has different bytes (a unique trailer)
 
 
-def write_photos(folder: Path, count: int) -> list[Path]:
+def write_photos(folder: Path, count: int, file_mb: float = 0.0) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     bases = [encode(photo(1000, 750, seed=i), "JPEG", quality=75) for i in range(DISTINCT)]
     paths = []
     for i in range(count):
         path = folder / f"photo_{i:04d}.jpg"
-        path.write_bytes(bases[i % DISTINCT] + f"lychee-{i}".encode())  # after the JPEG end marker
+        data = bases[i % DISTINCT] + f"lychee-{i}".encode()  # after the JPEG end marker
+        padding = max(0, int(file_mb * 1e6) - len(data))
+        path.write_bytes(data + os.urandom(padding))  # random: a ZIP cannot shrink it
         paths.append(path)
     return paths
 
@@ -78,19 +86,45 @@ def mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
+def zip_download(page, pid: int, work: Path) -> None:
+    """Download the ZIP of every photo shown; the server's memory before, at its peak, and after the
+    app has let go of the archive."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+    time.sleep(3)
+    before = rss(pid)
+    print(f"before the ZIP:                        RSS {mb(before)}")
+    with PeakRss(pid) as peak:
+        started = time.monotonic()
+        with page.expect_download(timeout=900_000) as download:
+            page.get_by_role("button", name=re.compile(r"^ZIP of the")).click()
+        saved = work / "download.zip"
+        download.value.save_as(saved)
+        print(f"ZIP of {mb(saved.stat().st_size)} downloaded in {time.monotonic() - started:.0f} s: "
+              f"RSS {mb(rss(pid))}, peak {mb(peak.peak)}")
+        deadline = time.monotonic() + 90  # the app's two sweeps are 30 s and 60 s after the click
+        while time.monotonic() < deadline and rss(pid) - before > 100e6:
+            time.sleep(2)
+    after = rss(pid)
+    print(f"after the download ({time.monotonic() - started:.0f} s after the click): RSS {mb(after)}, "
+          f"{mb(after - before)} above before the ZIP")
+    saved.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", choices=("upload", "server"))
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--project", type=Path, default=ROOT, help="the checkout whose app.py is run")
     parser.add_argument("--tokens", choices=("256", "640", "1280"), default="1280", help="resolution preset")
+    parser.add_argument("--file-mb", type=float, default=0.0, help="pad each photo file to this size")
+    parser.add_argument("--zip", action="store_true", help="download the ZIP of every photo after ranking")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="lychee-memory-"))
     started = time.monotonic()
-    photos = write_photos(work / "data" / "photos", args.images)
+    photos = write_photos(work / "data" / "photos", args.images, args.file_mb)
     size = sum(p.stat().st_size for p in photos)
     print(f"{len(photos)} photos, {mb(size)} in all, written in {time.monotonic() - started:.0f} s")
 
@@ -114,7 +148,8 @@ def main() -> None:
             print(f"{len(photos)} photos uploaded in {time.monotonic() - started:.0f} s:     RSS {mb(rss(pid))}")
         else:
             page.get_by_text("Folder on the server", exact=True).first.click()
-            box = page.get_by_role("textbox", name="Folder on the server")
+            box = page.get_by_role("combobox", name="Folder on the server")
+            box.click()
             box.fill("photos")
             box.press("Enter")
             page.get_by_text(f"{len(photos)} images found in photos").wait_for()
@@ -133,6 +168,9 @@ def main() -> None:
             time.sleep(3)  # the gallery's first page
         print(f"ranked in {time.monotonic() - started:.0f} s (gallery shown):       RSS {mb(rss(pid))}, "
               f"peak while ranking {mb(peak.peak)}")
+
+        if args.zip:
+            zip_download(page, pid, work)
 
         page.get_by_role("button", name=re.compile(r"^Clear results")).click()
         page.get_by_role("heading", name="Results").wait_for(state="detached")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 import re
+import subprocess
 import threading
 import time
 import zipfile
@@ -27,7 +29,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRe
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import encode, scene
-from lychee_rerank import ImageResult, Progress, Ranking, Reranker, gpu, ranked
+from lychee_rerank import ImageResult, Progress, Ranking, Reranker, RunSettings, gpu, ranked
 from lychee_rerank.confine import DataFile
 from lychee_rerank.gpu import GpuReading
 from ui import media, sources
@@ -512,12 +514,113 @@ def test_server_folder_accepts_an_absolute_path_and_rescans(data_dir, app):
 def test_server_folder_outside_the_data_folder_or_missing_is_one_sentence(data_dir, app, rank_calls, typed, message):
     app.run()
     use_server_folder(app, typed)
-    errors = [e.value for e in app.error]
-    assert len(errors) == 1 and message in errors[0] and errors[0].endswith(".")
+    errors = [unescape(e.value) for e in app.error]  # names are escaped: they reach the page as text
+    assert len(errors) == 1 and message in errors[0] and errors[0].endswith((".", "?"))
     app.text_input(key="query").set_value(QUERY)
     app.button(key="rank_button").click().run()
     assert any("Choose a folder with images first" in w.value for w in app.warning)
     assert rank_calls == []
+
+
+@pytest.fixture
+def deep_folder(data_dir):
+    """photos/deep/d/d/...: 1,100 levels, one image at the bottom; removed with rm (shutil.rmtree,
+    which pytest's clean-up uses, recurses once per level)."""
+    path = top = data_dir / "photos" / "deep"
+    top.mkdir()
+    for _ in range(1100):
+        path = path / "d"
+        path.mkdir()
+    (path / "bottom.png").write_bytes(encode(scene(3)))
+    yield top
+    subprocess.run(["rm", "-rf", "--", str(top)], check=True)
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("loop", "The folder loop is a link that leads back to itself (a loop)."),
+        ("a\0b", "A folder name cannot contain a NUL byte."),
+        ("x" * 5000, "This name is too long for the server's file system (5000 characters)."),
+    ],
+    ids=["link loop", "NUL byte", "5000 characters"],
+)
+def test_the_folder_box_answers_what_the_file_system_refuses_in_one_sentence(data_dir, app, typed, message):
+    (data_dir / "loop").symlink_to(data_dir / "loop")
+    app.run()
+    use_server_folder(app, typed)
+    assert [unescape(e.value) for e in app.error] == [message]
+    app.run()  # and the next run too: never Streamlit's "This app has encountered an error"
+    assert not app.exception and [unescape(e.value) for e in app.error] == [message]
+
+
+def test_a_folder_nested_1100_deep_is_listed(data_dir, deep_folder, app):
+    app.run()
+    use_server_folder(app, "photos/deep")
+    assert not app.error
+    assert any(c.value.startswith("1 images found in photos") for c in app.caption)
+
+
+def test_a_data_subfolder_named_tilde_is_a_folder_not_a_home(data_dir, app):
+    (data_dir / "~").mkdir()
+    (data_dir / "~" / "x.png").write_bytes(encode(scene(2)))
+    app.run()
+    use_server_folder(app, "~")
+    assert not app.error
+    assert any(unescape(c.value).startswith("1 images found in ~") for c in app.caption)
+
+
+def test_a_link_sorted_before_its_target_leaves_the_real_names(data_dir, app):
+    (data_dir / "a-link").symlink_to(data_dir / "photos", target_is_directory=True)  # sorts before "photos"
+    app.run()
+    use_server_folder(app, ".")
+    found = app.session_state["server_images"]["found"]
+    assert sorted(item.name for item in found.items) == ["photos/2024/c.webp", "photos/a.png", "photos/b.jpg"]
+    assert ("a-link", "a link to a folder already searched") in found.skipped
+
+
+def test_the_data_folders_are_offered_with_the_images_under_each(data_dir, app):
+    (data_dir / "empty").mkdir()
+    (data_dir / ".hidden").mkdir()
+    app.run()
+    app.radio(key="upload_source__en").set_value("server").run()
+    assert app.selectbox(key="server_folder").options == [
+        "(the whole data folder) · 3 images", "empty · 0 images", "photos · 3 images", "photos/2024 · 1 images",
+    ]
+    app.selectbox(key="server_folder").set_value("photos/2024").run()
+    assert any(unescape(c.value).startswith("1 images found in photos/2024") for c in app.caption)
+
+
+def test_a_mistyped_or_empty_folder_says_so_and_suggests_the_nearest_names(data_dir, app, rank_calls):
+    (data_dir / "empty").mkdir()
+    app.run()
+    use_server_folder(app, "photo")
+    assert [unescape(e.value) for e in app.error] == [f"There is no folder photo in {data_dir}. Did you mean photos?"]
+    use_server_folder(app, "photos/2O24")
+    assert "Did you mean photos/2024" in unescape(app.error[0].value)  # the closest first
+    use_server_folder(app, "empty")
+    assert [unescape(e.value) for e in app.error] == ["There are no images in empty."]
+    app.text_input(key="query").set_value(QUERY)
+    app.button(key="rank_button").click().run()
+    assert any("Choose a folder with images first" in w.value for w in app.warning) and rank_calls == []
+
+
+def test_a_scored_server_file_deleted_before_the_zip_is_named_on_the_page(data_dir, app):
+    app.run()
+    use_server_folder(app, "photos")
+    app.text_input(key="query").set_value(QUERY)
+    app.button(key="rank_button").click().run()
+    wait_for_run(app)
+    (data_dir / "photos" / "b.jpg").unlink()
+    app.run()  # the page after the click on the ZIP button (it reruns)
+    left_out = [unescape(w.value) for w in app.warning if "left out of the ZIP" in w.value]
+    assert left_out == ["1 of these files can no longer be read and will be left out of the ZIP (NOT_INCLUDED.txt "
+                        "inside it lists them): photos/b.jpg (file not found: it was removed or renamed since the "
+                        "folder was read)"]
+    run = app.session_state["run"]
+    archive = zipfile.ZipFile(results_ui.zip_maker(run, ranked(run.snapshot())[:3])())
+    assert "NOT_INCLUDED.txt" in archive.namelist() and len(archive.namelist()) == 3
+    assert "b.jpg" in archive.read("NOT_INCLUDED.txt").decode()
 
 
 def test_server_folder_is_not_offered_without_a_data_folder(app, monkeypatch):
@@ -727,3 +830,123 @@ def test_the_fast_preprocessing_setting_reaches_the_engine_and_marks_old_results
     assert any("the preprocessing" in w.value for w in app.warning)  # the shown scores used "exact"
     rank(app, photos(2))
     assert asked == ["exact", "fast"]
+
+
+# -- thumbnails ---------------------------------------------------------------------------------------
+def test_thumbnails_come_from_the_engines_own_decoding(app, monkeypatch):
+    """While a run scores, each card's thumbnail is made from the picture the engine decoded for the
+    model: the gallery decodes no file a second time."""
+    decoded = []
+    original = media.load_image
+    monkeypatch.setattr(media, "load_image", lambda source, **kw: decoded.append(source) or original(source, **kw))
+    files = [(f"photo_{i}.png", encode(scene(i, 300 + 20 * i, 200)), "image/png") for i in range(3)]
+    rank(app, files)
+    assert len(cards(app)) == 3
+    assert decoded == []
+    card = Image.open(io.BytesIO(media.card_thumb(app.session_state["run"].items[2])))
+    assert card.size == (media.THUMB_SIDE, media.THUMB_SIDE)
+
+
+def test_a_thumbnail_made_from_a_file_decodes_a_phone_photo_at_an_eighth(monkeypatch):
+    sizes = []
+    original = media.load_image
+
+    def spy(source, **kwargs):
+        picture = original(source, **kwargs)
+        sizes.append(picture.size)
+        return picture
+
+    monkeypatch.setattr(media, "load_image", spy)
+    photo = Item("phone.jpg", "phone-digest", encode(Image.new("RGB", (4032, 3024), (90, 140, 200)), "JPEG"))
+    assert Image.open(io.BytesIO(media.thumb(photo))).size == (256, 192)
+    assert sizes == [(504, 378)]  # libjpeg's 1/8 scale: 1/64 of the pixels, never the full 12 MP
+
+
+def test_an_error_in_the_picture_hook_never_costs_a_score(reranker):
+    def broken(index, picture, size):
+        raise RuntimeError("a front end's bug")
+
+    settings = reranker.settings(QUERY)
+    ranking = reranker.run(settings, [encode(scene(i)) for i in range(3)], on_picture=broken)
+    assert [r.status for r in ranking.results] == ["scored"] * 3 and ranking.error is None
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+def test_a_refused_run_offers_no_resume(app, rank_calls):
+    rank(app, photos(2), query="海边日落 " * 3000)  # more than the 3,200 tokens the model was trained on
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and errors[0].startswith("Cannot rank: The query is too long")
+    assert not any(b.key == "resume_button" for b in app.button)
+
+
+def test_the_json_download_has_the_command_lines_schema(app, downloads, tmp_path, capsys):
+    """One export schema: the app's JSON has the CLI's keys, with values of the same types."""
+    from lychee_rerank.cli import main
+
+    files = photos(2)
+    rank(app, files)
+    for name, data, _ in files:
+        (tmp_path / name).write_bytes(data)
+    assert main(["rank", "--query", QUERY, "--model", "demo", "--json", str(tmp_path / "cli.json"), str(tmp_path)]) == 0
+    capsys.readouterr()
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    ours = json.loads(downloads["lychee-ranking.json"])
+
+    def kinds(record: dict) -> dict:
+        return {key: type(value).__name__ for key, value in record.items() if key != "elapsed_s"}
+
+    assert kinds(ours) == kinds(cli)
+    assert [kinds(r) for r in ours["results"]] == [kinds(r) for r in cli["results"]]
+
+
+# -- results: find a file, per page ---------------------------------------------------------------------
+def ranked_run(count: int) -> Run:
+    """A finished run of ``count`` tiny images, scored best first by name (no model needed)."""
+    items = [Item(f"img_{i:03d}.png", f"digest-{i}", encode(scene(i, 32, 24))) for i in range(count)]
+    results = [ImageResult(i, item.name, score=1 - i / (count + 1), width=32, height=24) for i, item in enumerate(items)]
+    settings = RunSettings.build(QUERY, model="demo")
+    return Run(settings, items, model_name="demo", is_demo=True, results=results)
+
+
+def test_find_a_file_shows_it_with_its_rank_in_the_gallery_and_the_table(app):
+    app.session_state["run"] = ranked_run(30)
+    app.run()
+    app.number_input(key="top_k").set_value(5).run()  # the file is found beyond what the filters show
+    app.text_input(key="find_file").set_value("IMG_02").run()
+    assert [r for r, _, _ in cards(app)] == list(range(21, 31))
+    assert any(c.value == "10 of the 30 scored images match “IMG\\_02”." for c in app.caption)
+    app.segmented_control(key="view_as__en").set_value("table").run()
+    assert list(table_with(app, "preview")["rank"]) == list(range(21, 31))
+
+
+def test_per_page_keeps_the_first_shown_image_on_screen(app):
+    app.session_state["run"] = ranked_run(45)
+    app.run()
+    app.selectbox(key="gallery_per_page").set_value(40).run()
+    app.get("pagination")[0].set_value(2).run()
+    assert [r for r, _, _ in cards(app)][0] == 41
+    app.selectbox(key="gallery_per_page").set_value(20).run()
+    assert [r for r, _, _ in cards(app)][0] == 41  # page 3 of 20: #41 stays in view
+    app.selectbox(key="gallery_per_page").set_value(160).run()
+    assert [r for r, _, _ in cards(app)][0] == 1 and len(cards(app)) == 45
+
+
+# -- messages -------------------------------------------------------------------------------------------
+def test_the_demo_banner_offers_exactly_the_models_this_server_allows(monkeypatch, demo_cache):
+    monkeypatch.setenv("LYCHEE_MODEL", "demo")
+    for allowed, expected in (
+        ("demo", "this server offers no other model (LYCHEE_MODELS)"),
+        ("demo,/models/lychee", "load /models/lychee in the sidebar"),
+    ):
+        monkeypatch.setenv("LYCHEE_MODELS", allowed)
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+        at.run()
+        banner = next(unescape(w.value) for w in at.warning if "Demo model in use" in w.value)
+        assert expected in banner and "vec-ai" not in banner
+
+
+def test_the_filters_help_says_what_each_download_holds(app):
+    rank(app, photos(2))
+    for key in ("top_k", "min_score"):
+        widget = app.number_input(key=key) if key == "top_k" else app.slider(key=key)
+        assert "CSV and JSON always hold the full ranking" in widget.help and "the ZIP holds the images shown" in widget.help

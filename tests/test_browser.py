@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import time
 import urllib.request
@@ -102,9 +103,12 @@ def type_query(page, text: str = QUERY) -> None:
     query.press("Enter")
 
 
-def choose_server_folder(page, folder: str) -> None:
-    page.get_by_text("Folder on the server", exact=True).first.click()
-    box = page.get_by_role("textbox", name="Folder on the server")
+def choose_server_folder(page, folder: str, source: str = "Folder on the server") -> None:
+    """Pick "Folder on the server", type the folder's name in the picker and press Enter (the first
+    folder offered that matches, or the name as typed)."""
+    page.get_by_text(source, exact=True).first.click()
+    box = page.get_by_role("combobox", name=source)
+    box.click()
     box.fill(folder)
     box.press("Enter")
 
@@ -164,7 +168,8 @@ def test_rank_three_uploads_view_them_and_download_csv_and_zip(server, page, tmp
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [row["rank"] for row in rows] == ["1", "2", "3"]
     assert [row["file"] for row in rows] == names_in_gallery
-    assert [round(float(row["score"]), 4) for row in rows] == scores
+    # the CSV holds the full score, the gallery four decimals: compared with a tolerance, never rounded twice
+    assert [float(row["score"]) for row in rows] == pytest.approx(scores, abs=0.5e-4 + 1e-9)
     assert {row["width"] + "×" + row["height"] for row in rows} == {"160×120"}  # the files' own size
 
     archive = zipfile.ZipFile(download(page, re.compile(r"^ZIP of the 3 shown")))
@@ -223,8 +228,15 @@ def test_closing_the_tab_stops_its_run_within_10_seconds(page, server, browser):
     choose_server_folder(page, "many")
     page.get_by_text(f"{MANY} images found in many").wait_for()
     page.get_by_role("button", name="Rank images").click()
+    bar = page.get_by_test_id("stProgress")
+    bar.wait_for()
+    box = bar.bounding_box()  # in view at once, without scrolling (ui/style.css keeps it there)
+    assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= 1000, box
     progress = page.get_by_text(re.compile(r"^\d+/1000 · [0-9.]+ img/s"))
     progress.wait_for()  # scoring
+    page.mouse.wheel(0, 5000)  # and whatever the page's scroll
+    box = bar.bounding_box()
+    assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= 1000, box
 
     watcher = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US").new_page()
     busy = watcher.get_by_text("The model is busy with another run")
@@ -286,3 +298,96 @@ def test_a_closed_tabs_uploads_leave_the_server(page, server, browser, tmp_path)
     finally:
         other.context.close()
     assert uploaded_bytes(server) == 0
+
+
+# Words of the page that are names, not English: formats, units, products, setting values shown as
+# they are typed (dtype, quantisation, modes), the app's own name, and the language switch (in both
+# languages on purpose: whoever cannot read the page's language finds it).
+TECHNICAL = {
+    "English", "Language", "GPU", "cpu", "sdpa", "CPU", "NVIDIA", "RSS", "Torch", "Hub", "ID", "demo", "token", "dtype", "auto", "none", "bit", "bfloat",
+    "float", "exact", "fast", "sequential", "JPEG", "JPG", "PNG", "WebP", "WEBP", "BMP", "GIF", "TIFF", "TIF",
+    "ZIP", "CSV", "JSON", "MB", "GB", "KB", "Lychee",
+}
+# The text a user sees: visible text nodes, without Material icons (drawn from their names), without
+# what is typed in the boxes (the query, the instruction sent to the model), and without text kept
+# off screen for screen readers (Streamlit's "Skip to main content", shown only on keyboard focus).
+VISIBLE_TEXT = """() => {
+  const walker = document.createTreeWalker(document.querySelector('[data-testid="stApp"]'), NodeFilter.SHOW_TEXT);
+  const parts = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const element = node.parentElement;
+    if (!element || element.closest('[data-testid="stIconMaterial"], [translate="no"], textarea, input')) continue;
+    const style = getComputedStyle(element);
+    const box = element.getBoundingClientRect();
+    if (style.display === 'none' || style.visibility !== 'visible' || box.width * box.height <= 1 || box.right <= 0) continue;
+    parts.push(node.textContent);
+  }
+  return parts.join(' ');
+}"""
+ENVIRONMENT_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")  # LYCHEE_MODELS: a setting's name
+
+
+def english_words(page, names: list[str]) -> set[str]:
+    text = ENVIRONMENT_NAME.sub(" ", page.evaluate(VISIBLE_TEXT))
+    for name in sorted(names, key=len, reverse=True):
+        text = text.replace(name, " ")
+    return {word for word in re.findall(r"[A-Za-z]{2,}", text) if word not in TECHNICAL}
+
+
+def test_every_page_in_chinese_shows_no_english_words(server, browser, data_dir):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    names = [QUERY, str(data_dir), "few", "many", "sub", "notes.txt"] + [f"scene_{i:03d}.{s}" for i in range(MANY) for s in ("jpg", "png", "webp")]
+    seen: dict[str, set[str]] = {}
+    try:
+        page.goto(server, timeout=60_000)
+        page.get_by_role("button", name="开始排序").wait_for(timeout=60_000)
+        seen["start"] = english_words(page, names)
+
+        query = page.get_by_label("查询", exact=True)
+        query.fill(QUERY)
+        query.press("Enter")
+        page.get_by_text("高级设置").click()
+        page.get_by_text("sequential — 逐张处理（最省显存）").click()
+        choose_server_folder(page, "many", source="服务器上的文件夹")
+        page.get_by_text(f"在 many 中找到 {MANY} 张图片").wait_for()
+        page.get_by_role("button", name="开始排序").click()
+        page.get_by_text(re.compile(r"^\d+/1000 · 每秒 [0-9.]+ 张")).wait_for()
+        seen["running"] = english_words(page, names)
+        page.get_by_role("button", name="停止").click()
+        page.get_by_role("button", name=re.compile("^继续")).wait_for()
+        page.get_by_text("图库").first.wait_for()
+        seen["stopped, gallery"] = english_words(page, names)
+
+        page.get_by_text("表格", exact=True).click()
+        page.get_by_test_id("stDataFrame").first.wait_for()
+        seen["table"] = english_words(page, names)
+        page.get_by_text("图库", exact=True).click()
+        page.get_by_role("button", name=re.compile(r"scene_\d{3}")).first.click()
+        page.get_by_role("dialog").wait_for()
+        seen["viewer"] = english_words(page, names)
+        page.keyboard.press("Escape")
+
+        choose_server_folder(page, "feww", source="服务器上的文件夹")  # mistyped
+        page.get_by_text("您是不是要找").wait_for()
+        seen["mistyped folder"] = english_words(page, names)
+
+        page.get_by_role("link", name="GPU 监控").click()
+        page.get_by_test_id("stMetric").first.wait_for()
+        seen["GPU monitor"] = english_words(page, names)
+    except Exception:
+        page.screenshot(path=ARTIFACTS / "browser-failure.png", full_page=True)
+        raise
+    finally:
+        context.close()
+    found = {where: sorted(words) for where, words in seen.items() if words}
+    assert not found, json.dumps(found, ensure_ascii=False)
+
+
+def test_the_server_logged_no_warning_and_no_stack_trace(server):
+    """Last in this module: nothing the tests above did made the server log a warning or a traceback
+    (Streamlit logs a widget given both a default and a session-state value, for one)."""
+    log = (ARTIFACTS / "streamlit-server.log").read_text(encoding="utf-8", errors="replace")
+    bad = [line for line in log.splitlines() if re.search(r"\bWARNING\b|\bERROR\b|Traceback", line)]
+    assert not bad, "\n".join(bad[:20])

@@ -153,7 +153,7 @@ def folders(root: Path) -> list[FolderChoice]:
         except OSError:
             continue
         entries += len(found)
-        direct[relative] = sum(entry.is_file() and is_image_path(entry.name) for entry in found)
+        direct[relative] = sum(_real_file(entry) and is_image_path(entry.name) for entry in found)
         children[relative] = []
         for entry in sorted(found, key=lambda e: e.name):
             if entry.name.startswith(".") or not _real_folder(entry):
@@ -174,6 +174,14 @@ def _real_folder(entry: os.DirEntry) -> bool:
         return False
 
 
+def _real_file(entry: os.DirEntry) -> bool:
+    """A regular file, not a link (a link may lead out of the data folder: not counted)."""
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
 def _total(path: str, direct: dict[str, int], children: dict[str, list[str]], cut: set[str]) -> tuple[int, bool]:
     """Images under ``path`` among the folders listed, and whether that is all of them."""
     total, complete, stack = 0, True, [path]
@@ -189,7 +197,7 @@ def nearest(text: str, choices: list[FolderChoice], count: int = 3) -> list[str]
     """The offered folders whose names are closest to ``text`` (those holding images first)."""
     names = [c.path for c in choices if c.images] or [c.path for c in choices]
     text = text.strip().strip("/")
-    close = difflib.get_close_matches(text, names, n=count, cutoff=0.5)
+    close = difflib.get_close_matches(text, names, n=count, cutoff=0.7)
     by_base = {os.path.basename(name): name for name in names}
-    close += [by_base[b] for b in difflib.get_close_matches(os.path.basename(text), list(by_base), n=count, cutoff=0.6)]
+    close += [by_base[b] for b in difflib.get_close_matches(os.path.basename(text), list(by_base), n=count, cutoff=0.7)]
     return list(dict.fromkeys(close))[:count]
