@@ -10,6 +10,8 @@ When Streamlit's login is configured, nothing is shown before the user logs in (
 
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 
 from ui import auth, i18n
@@ -22,10 +24,11 @@ st.set_page_config(page_title="Lychee rerank", page_icon="🔎", layout="wide")
 i18n.language_selector()
 auth.require_login()
 
-# A first paint while the engine is imported (torch, transformers: seconds, once per process) and the
-# model loads: the page is never blank.
+# A first paint while the engine is imported (torch, transformers: seconds, once per process); the
+# model's own load then shows its spinner. Later runs skip it (no flash at the top of the page).
 starting = st.empty()
-starting.caption(t("starting_app"))
+if "ui.model" not in sys.modules:
+    starting.caption(t("starting_app"))
 
 from ui import model as model_ui  # noqa: E402 - after the first paint, on purpose
 from ui import style  # noqa: E402
