@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,14 +47,18 @@ def load() -> str:
 
 
 def photo_folder(count: int, size: str) -> Path:
-    """A folder holding exactly the photos (links to the bench's cached files)."""
+    """A folder holding exactly the photos: hard links to the bench's cached files (a symbolic link
+    would lead out of the app's data folder, and the app would rightly not follow it)."""
     paths = write_workload(parse_workload(size), count, seed=0)
     folder = Path(paths[0]).parent.parent / f"app-bench-{size}-{count}" / "photos"
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.iterdir():
         old.unlink()
     for path in paths:
-        (folder / Path(path).name).symlink_to(path)
+        try:
+            os.link(path, folder / Path(path).name)
+        except OSError:
+            shutil.copyfile(path, folder / Path(path).name)
     return folder
 
 

@@ -195,8 +195,8 @@ def _total(path: str, direct: dict[str, int], children: dict[str, list[str]], cu
 
 def nearest(text: str, choices: list[FolderChoice], count: int = 3) -> list[str]:
     """The offered folders whose names are closest to ``text`` (those holding images first)."""
-    names = [c.path for c in choices if c.images] or [c.path for c in choices]
-    text = text.strip().strip("/")
+    text = os.path.normpath(text.strip())
+    names = [c.path for c in choices if c.images and c.path != text] or [c.path for c in choices if c.path != text]
     close = difflib.get_close_matches(text, names, n=count, cutoff=0.7)
     by_base = {os.path.basename(name): name for name in names}
     close += [by_base[b] for b in difflib.get_close_matches(os.path.basename(text), list(by_base), n=count, cutoff=0.7)]
