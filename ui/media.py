@@ -196,6 +196,7 @@ def keep_picture(item: Item, picture: Image.Image, size: tuple[int, int]) -> Non
     scale = min(1.0, THUMB_SIDE / max(width, height))
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     _cache.get((item.digest, "thumb"), lambda: _jpeg(picture.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)))
+    card_thumb(item)  # the gallery's square card too: nothing left to make when the results appear
 
 
 def full_view(item: Item) -> bytes | None:
