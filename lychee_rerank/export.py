@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 COLUMNS = (
     "rank", "file", "score", "error", "width", "height", "model_width", "model_height", "visual_tokens", "file_bytes",
+    "retrieval_rank", "similarity",  # search then rerank only (empty otherwise): the first stage's place and cosine
 )
 NOT_SCORED = "not scored: the run was stopped before this image"
 # A spreadsheet runs a cell starting with one of these as a formula.
@@ -86,6 +87,8 @@ def records(results: Iterable[ImageResult]) -> list[dict]:
                 "model_height": r.model_height,
                 "visual_tokens": r.visual_tokens,
                 "file_bytes": None if raw_name is None else raw_name.hex(),
+                "retrieval_rank": r.retrieval_rank,
+                "similarity": r.similarity,
             }
         )
     return rows
@@ -129,6 +132,9 @@ def metadata(ranking: "Ranking", **extra) -> dict:
         "errors": len(ranking.errors),
         "pending": len(ranking.pending),
     }
+    if ranking.retrieval is not None:
+        data["retrieval"] = ranking.retrieval.record()
+        data["not_retrieved"] = ranking.not_retrieved  # images outside the top K: not scored
     if ranking.is_demo:
         data["note"] = "demo model: random weights, the scores mean nothing"
     data.update(extra)

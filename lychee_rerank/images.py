@@ -185,6 +185,16 @@ def _open_file(path: str) -> BinaryIO:
     return file
 
 
+def read_file(path: str | os.PathLike) -> bytes:
+    """A regular file's bytes (opened with the same checks as for decoding), or ImageError: for
+    callers that hash what they decode (the collection index)."""
+    with _open_file(os.fspath(path)) as file:
+        try:
+            return file.read()
+        except OSError as exc:
+            raise _unreadable(os.fspath(path), exc) from None
+
+
 def _file_object(source: ImageSource) -> BinaryIO:
     if isinstance(source, (str, os.PathLike)):
         return _open_file(os.fspath(source))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
+    from .retrieval.search import Retrieval
     from .settings import RunSettings
 
 
@@ -24,6 +25,8 @@ class ImageResult:
     model_height: int | None = None
     visual_tokens: int | None = None
     error: str | None = None
+    retrieval_rank: int | None = None  # search then rerank: the place the first stage gave it (1 = best)
+    similarity: float | None = None  # and the first stage's cosine similarity
 
     @property
     def status(self) -> str:
@@ -60,6 +63,12 @@ class Ranking:
     error: str | None = None
     settings: "RunSettings | None" = None  # the run's whole settings, recorded in every output
     quantization: str | None = None  # the weights actually loaded ("none", "8bit", "4bit")
+    retrieval: "Retrieval | None" = None  # search then rerank: what the first stage did
+
+    @property
+    def not_retrieved(self) -> int:
+        """Images the first stage left out: not scored, by design."""
+        return self.retrieval.not_retrieved if self.retrieval is not None else 0
 
     def ranked(self) -> list[ImageResult]:
         return ranked(self.results)

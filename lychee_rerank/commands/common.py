@@ -87,10 +87,11 @@ def _unwritable(path: str) -> str | None:
 def check_outputs(args: argparse.Namespace) -> None:
     from ..export import same_file
 
-    for flag, path in (("--csv", args.csv), ("--json", args.json)):
+    csv = getattr(args, "csv", None)  # the index command writes JSON only
+    for flag, path in (("--csv", csv), ("--json", args.json)):
         if path is not None and (problem := _unwritable(path)):
             raise UsageError(f"cannot write {flag} {path}: {problem}")
-    if args.csv and args.json and same_file(args.csv, args.json):
+    if csv and args.json and same_file(csv, args.json):
         raise UsageError("--csv and --json name the same file")
 
 
@@ -145,6 +146,9 @@ def print_ranking(ranking, top: int | None, where: str = "", note: str = "") -> 
     print(format_table(ranking.ranked(), top))
     how = ranking.mode + (f", {where}" if where else "")
     summary = f"{len(ranking.scored)} scored, {len(ranking.errors)} failed in {ranking.elapsed_s:.1f} s ({how})"
+    if ranking.retrieval is not None:
+        summary += (f"; the top {ranking.retrieval.retrieved} of {ranking.retrieval.searched} indexed images by "
+                    f"similarity, {ranking.not_retrieved} not scored (outside the top {ranking.retrieval.settings.k})")
     if note:
         summary += f"; {note}"
     if ranking.pending:

@@ -74,6 +74,8 @@ def run_rank(args: argparse.Namespace) -> int:
     from ..scale_out import asked_for, run_rank_command  # scale-out on Ray: lychee_rerank/scale_out/
 
     if asked_for(args):
+        if args.index:
+            raise UsageError("--index (search then rerank) runs in this process: leave out the Ray options")
         return run_rank_command(args)
     with StopSignals() as signals:
         try:
@@ -81,6 +83,20 @@ def run_rank(args: argparse.Namespace) -> int:
         except Interrupted as exc:
             say(f"interrupted by {signal.Signals(exc.signum).name} while {signals.phase}")
             return 128 + exc.signum
+
+
+def _search(retrieval, settings):
+    """The first stage: load the index's embedder and search (None when the embedder cannot load)."""
+    from ..loading import ModelLoadError
+    from ..retrieval import Embedder, Index, search
+
+    try:
+        embedder = Embedder.load(retrieval.embedder)
+    except ModelLoadError as exc:
+        say(str(exc))
+        return None
+    say(f"loaded {embedder.info.summary()}")
+    return search(Index.open(retrieval.index), embedder, settings, retrieval)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -91,12 +107,15 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     from tqdm import tqdm
 
     from .. import ImageResult, InputError, ModelLoadError, Ranking, Reranker
+    from ..retrieval.search import display_name, with_retrieval
+    from .index import retrieval_from_args
 
-    if not args.paths:
-        raise UsageError("give image files or folders to rank (or --manifest FILE with --ray)")
+    retrieval = retrieval_from_args(args)  # rank --index DIR: search, then rerank the top K
+    if not args.paths and retrieval is None:
+        raise UsageError("give image files or folders to rank (or --manifest FILE with --ray, or --index DIR)")
     check_outputs(args)
     settings = settings_from_args(args)
-    images = find_inputs(args.paths)
+    images = find_inputs(args.paths) if retrieval is None else []
 
     signals.phase = "loading the model"
     quiet_libraries()
@@ -108,6 +127,13 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     say(f"loaded {reranker.info.summary()}")
     if reranker.info.is_demo:
         say("demo model (random weights): the scores are meaningless")
+    names = None
+    if retrieval is not None:
+        found = _search(retrieval, settings)
+        if found is None:
+            return 1
+        hits, searched = found
+        images, names = [h.file for h in hits], [display_name(h.file) for h in hits]
 
     bar = tqdm(total=len(images), unit="img", file=sys.stderr, dynamic_ncols=True)
     finished: dict[int, ImageResult] = {}
@@ -125,7 +151,7 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
         """The run as far as the progress events tell, should run() raise instead of returning."""
         return Ranking(
             query=settings.query, instruction=settings.instruction,
-            results=tuple(finished.get(i, ImageResult(i, name)) for i, name in enumerate(images)),
+            results=tuple(finished.get(i, ImageResult(i, name)) for i, name in enumerate(names or images)),
             mode=settings.mode, elapsed_s=time.perf_counter() - start, cancelled=cancelled,
             model=reranker.info.name, is_demo=reranker.info.is_demo, error=error, settings=settings,
             quantization=reranker.info.quantization,
@@ -133,7 +159,7 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
 
     signals.phase, signals.ranking = "ranking", True
     try:
-        ranking = reranker.run(settings, images, progress=on_progress, should_stop=signals.stop)
+        ranking = reranker.run(settings, images, names=names, progress=on_progress, should_stop=signals.stop)
     except InputError as exc:
         raise UsageError(str(exc)) from None
     except Interrupted:  # a second signal: stop now
@@ -144,6 +170,8 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
         signals.phase, signals.ranking = "writing the outputs", False
         bar.close()
 
+    if retrieval is not None:
+        ranking = with_retrieval(ranking, hits, searched)
     print_ranking(ranking, args.top)
     written = write_outputs(args, ranking)
     if ranking.error:

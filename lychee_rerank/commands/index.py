@@ -1,0 +1,142 @@
+"""``python -m lychee_rerank index --index DIR [--embedder ID|PATH|demo] [--json FILE] PATH...``: build
+or update the collection index of those folders (docs/index.md).
+
+Ends with one summary line (added, changed, removed, unchanged, errors) and, with ``--json``, a file
+holding those counts, ``embedded`` and ``elapsed_s``. Ctrl-C or SIGTERM stops between batches and
+keeps every committed chunk (run again to finish); exit codes as for ``rank``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+from .common import UsageError, check_outputs, report_skipped, say
+
+
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="folders (searched recursively) or image files to index")
+    parser.add_argument("--index", required=True, metavar="DIR", help="the index folder (created if new)")
+    parser.add_argument("--embedder", help="hub id, local directory, or 'demo' (default: the index's own; for a new "
+                                           "index $LYCHEE_EMBEDDER or google/siglip2-base-patch16-naflex)")
+    parser.add_argument("--root", metavar="DIR", help="the folder paths are stored relative to (default: for a new "
+                                                      "index, the PATHs' common folder; give it to move a library)")
+    parser.add_argument("--json", metavar="PATH", help="write the counts and timings as JSON")
+
+
+def add_retrieval_arguments(rank: argparse.ArgumentParser) -> None:
+    """``rank --index DIR --retrieve K``: search the index, rerank the top K (PATHs restrict the search)."""
+    from .common import positive_int
+
+    group = rank.add_argument_group("search then rerank (docs/index.md)")
+    group.add_argument("--index", metavar="DIR", help="search this index (built by the index command) and rerank "
+                                                      "the most similar images only; PATHs, if given, restrict the search")
+    group.add_argument("--retrieve", type=positive_int, metavar="K", help="how many images to rerank (default 100)")
+    group.add_argument("--embedder", help="the embedder for the query (default and only choice: the index's own)")
+
+
+def retrieval_from_args(args: argparse.Namespace):
+    """The run's RetrievalSettings, checked (UsageError, one sentence), or None without --index."""
+    from ..checks import InputError
+    from ..retrieval import DEFAULT_K, RetrievalSettings
+
+    if not args.index:
+        if args.retrieve or args.embedder:
+            raise UsageError("--retrieve and --embedder need --index DIR")
+        return None
+    try:
+        return RetrievalSettings.build(args.index, args.retrieve or DEFAULT_K, embedder=args.embedder, under=args.paths)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from .rank import Interrupted, StopSignals
+
+    with StopSignals() as signals:
+        try:
+            return _index(args, signals)
+        except Interrupted as exc:
+            say(f"interrupted by {signal.Signals(exc.signum).name} while {signals.phase}")
+            return 128 + exc.signum
+
+
+def _open_index(args: argparse.Namespace):
+    """The index (opened or created, its root moved when --root says so) and the embedder to load."""
+    from ..retrieval import Index, IndexStoreError, default_embedder
+
+    try:
+        if Index.exists(args.index):
+            index = Index.open(args.index)
+            if args.embedder and args.embedder != index.embedder:
+                raise UsageError(f"the index in {args.index} was built with the embedder {index.embedder}, not "
+                                 f"{args.embedder}: build a new index in another folder to change it")
+            if args.root and os.path.abspath(args.root) != str(index.root):
+                index.meta["root"] = os.path.abspath(args.root)  # the library moved: keys stay relative
+                index.save_meta()
+            return index, index.embedder
+        folders = [os.path.abspath(p if os.path.isdir(p) else os.path.dirname(p) or ".") for p in args.paths]
+        root = os.path.abspath(args.root) if args.root else os.path.commonpath(folders)
+        return None, (args.embedder or default_embedder(), root)
+    except IndexStoreError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _index(args: argparse.Namespace, signals) -> int:
+    from tqdm import tqdm
+
+    from ..loading import ModelLoadError
+    from ..retrieval import Embedder, Index, IndexStoreError, update_index
+    from .rank import quiet_libraries
+
+    for path in args.paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"no such file or folder: {path}")
+    check_outputs(args)
+    index, wanted = _open_index(args)
+    signals.phase = "loading the embedder"
+    quiet_libraries()
+    try:
+        embedder = Embedder.load(wanted if index is not None else wanted[0])
+    except ModelLoadError as exc:
+        say(str(exc))
+        return 1
+    say(f"loaded {embedder.info.summary()}")
+    try:
+        if index is None:
+            index = Index.create(args.index, embedder=embedder.info.name, dim=embedder.info.dim, root=wanted[1])
+        bar = tqdm(unit="img", file=sys.stderr, dynamic_ncols=True, desc="indexing")
+
+        def on_progress(event) -> None:
+            bar.total = event.total
+            bar.update(event.done - bar.n)
+
+        signals.phase, signals.ranking = "indexing", True
+        try:
+            report = update_index(index, embedder, args.paths, progress=on_progress, should_stop=signals.stop.is_set)
+        finally:
+            signals.phase, signals.ranking = "writing the outputs", False
+            bar.close()
+    except IndexStoreError as exc:
+        raise UsageError(str(exc)) from None
+    report_skipped(report.skipped)
+    say(report.summary())
+    if args.json and not _write_json(args.json, report, index):
+        return 1
+    return signals.exit_code if report.cancelled else 0
+
+
+def _write_json(path: str, report, index) -> bool:
+    from ..export import OutputError, write_atomically
+
+    data = {**report.record(), "index": os.path.abspath(index.directory), "root": str(index.root),
+            "embedder": index.embedder, "dim": index.dim}
+    try:
+        write_atomically(path, json.dumps(data, ensure_ascii=False, indent=2))
+    except OutputError as exc:
+        say(str(exc))
+        return False
+    return True
