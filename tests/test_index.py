@@ -173,3 +173,19 @@ def test_bad_index_invocations_are_one_sentence_and_exit_2(tmp_path):
     assert missing.returncode == 2 and "there is no index in" in missing.stderr and "Traceback" not in missing.stderr
     lonely = run_cli("rank", "--retrieve", "5", "--model", "demo", "--query", "a cat", str(tmp_path))
     assert lonely.returncode == 2 and "--retrieve and --embedder need --index DIR" in lonely.stderr
+
+
+def test_indexing_on_ray_embeds_each_new_file_once_with_the_one_process_vectors(tmp_path, embedder):
+    from lychee_rerank.retrieval import Index
+    from lychee_rerank.scale_out.indexing import update_index_on_ray
+
+    root = tmp_path / "library"
+    paths = make_library(root, 9)
+    (root / "home" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    index = new_index(tmp_path, embedder, root)
+    report = update_index_on_ray(index, "demo", [str(root)], address="local", workers=1, chunk_size=4)
+    assert (report.added, report.errors, report.embedded, report.indexed) == (9, 1, 9, 9)
+    query = embedder.embed_text("a cat")
+    expected = embedder.embed_images(paths) @ query
+    hits = {h.file: h.similarity for h in Index.open(index.directory).search(query, 9)}
+    np.testing.assert_allclose([hits[p] for p in paths], expected, atol=1e-5)

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from .common import UsageError, check_outputs, report_skipped, say
+from .common import UsageError, check_outputs, positive_int, report_skipped, say
 
 
 def add_index_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,12 +25,13 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", metavar="DIR", help="the folder paths are stored relative to (default: for a new "
                                                       "index, the PATHs' common folder; give it to move a library)")
     parser.add_argument("--json", metavar="PATH", help="write the counts and timings as JSON")
+    group = parser.add_argument_group("scale out on Ray (docs/scale-out.md; needs requirements-ray.txt)")
+    group.add_argument("--ray", metavar="ADDRESS", help="embed on Ray: 'local', 'auto' or ray://HOST:10001")
+    group.add_argument("--workers", type=positive_int, metavar="N", help="embedder replicas (default: one per GPU; 1 on CPU)")
 
 
 def add_retrieval_arguments(rank: argparse.ArgumentParser) -> None:
     """``rank --index DIR --retrieve K``: search the index, rerank the top K (PATHs restrict the search)."""
-    from .common import positive_int
-
     group = rank.add_argument_group("search then rerank (docs/index.md)")
     group.add_argument("--index", metavar="DIR", help="search this index (built by the index command) and rerank "
                                                       "the most similar images only; PATHs, if given, restrict the search")
@@ -90,6 +91,7 @@ def _index(args: argparse.Namespace, signals) -> int:
 
     from ..loading import ModelLoadError
     from ..retrieval import Embedder, Index, IndexStoreError, update_index
+    from ..retrieval.embedder import embedder_width
     from .rank import quiet_libraries
 
     for path in args.paths:
@@ -97,26 +99,36 @@ def _index(args: argparse.Namespace, signals) -> int:
             raise UsageError(f"no such file or folder: {path}")
     check_outputs(args)
     index, wanted = _open_index(args)
+    if args.workers and not args.ray:
+        raise UsageError("--workers needs --ray ADDRESS (local, auto or ray://HOST:10001)")
     signals.phase = "loading the embedder"
     quiet_libraries()
+    name = wanted if index is not None else wanted[0]
     try:
-        embedder = Embedder.load(wanted if index is not None else wanted[0])
+        embedder = None if args.ray else Embedder.load(name)  # on Ray, each replica loads its own
+        dim = embedder.info.dim if embedder else embedder_width(name)
     except ModelLoadError as exc:
         say(str(exc))
         return 1
-    say(f"loaded {embedder.info.summary()}")
+    if embedder is not None:
+        say(f"loaded {embedder.info.summary()}")
+    bar = tqdm(unit="img", file=sys.stderr, dynamic_ncols=True, desc="indexing")
+
+    def on_progress(event) -> None:
+        bar.total = event.total
+        bar.update(event.done - bar.n)
+
     try:
         if index is None:
-            index = Index.create(args.index, embedder=embedder.info.name, dim=embedder.info.dim, root=wanted[1])
-        bar = tqdm(unit="img", file=sys.stderr, dynamic_ncols=True, desc="indexing")
-
-        def on_progress(event) -> None:
-            bar.total = event.total
-            bar.update(event.done - bar.n)
-
+            index = Index.create(args.index, embedder=name, dim=dim, root=wanted[1])
         signals.phase, signals.ranking = "indexing", True
         try:
-            report = update_index(index, embedder, args.paths, progress=on_progress, should_stop=signals.stop.is_set)
+            if args.ray:
+                report = _on_ray(args, index, name, on_progress, signals.stop.is_set)
+                if report is None:
+                    return 1
+            else:
+                report = update_index(index, embedder, args.paths, progress=on_progress, should_stop=signals.stop.is_set)
         finally:
             signals.phase, signals.ranking = "writing the outputs", False
             bar.close()
@@ -127,6 +139,21 @@ def _index(args: argparse.Namespace, signals) -> int:
     if args.json and not _write_json(args.json, report, index):
         return 1
     return signals.exit_code if report.cancelled else 0
+
+
+def _on_ray(args, index, embedder: str, progress, should_stop):
+    """The update with the embedding on Ray; None (after one line) when Ray or a replica fails."""
+    from ..loading import ModelLoadError
+    from ..scale_out import RayUnavailable, ScaleOutError
+    from ..scale_out.indexing import update_index_on_ray
+
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    try:
+        return update_index_on_ray(index, embedder, args.paths, address=args.ray, workers=args.workers,
+                                   progress=progress, should_stop=should_stop)
+    except (RayUnavailable, ScaleOutError, ModelLoadError) as exc:
+        say(str(exc))
+        return None
 
 
 def _write_json(path: str, report, index) -> bool:

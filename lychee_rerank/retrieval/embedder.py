@@ -161,6 +161,21 @@ class Embedder:
         return _unit(features.float().cpu().numpy())
 
 
+def embedder_width(name: str) -> int:
+    """The width of an embedder's vectors, read from its config alone (no weights loaded): what a
+    new index needs when the embedding runs elsewhere (Ray replicas)."""
+    from transformers import AutoConfig
+
+    source = resolve_source(name, demo=ensure_demo_embedder)
+    local_only = False if os.path.isdir(source) else hub_check(source)
+    try:
+        return _width(AutoConfig.from_pretrained(source, local_files_only=local_only))
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(describe_load_failure(name, exc)) from exc
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -69,19 +69,38 @@ class IndexReport:
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Candidate:
+    """A file to read: new, or its size or time changed (or its last try failed)."""
+
     key: str
     relative: str
     path: str
     size: int
     mtime_ns: int
+    known_sha256: str | None  # the recorded content hash of a row without error (None: new, or failed)
     known: bool  # the path has a row already
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    sha256: str
-    inputs: dict | None  # the embedder's inputs; None when a vector is reused
+class Outcome:
+    """What became of a candidate: "embedded", "kept" (same bytes: the recorded vector stays) or "error"."""
+
+    candidate: Candidate
+    kind: str
+    sha256: str | None = None
+    vector: object = None
+    error: str | None = None
+
+
+@dataclass
+class Plan:
+    """An update's work, from the folders and the rows (no file opened): what to read, what is gone."""
+
+    scope: list[str]
+    candidates: list[Candidate]
+    gone: list[str]
+    unchanged: int
+    skipped: list[tuple[str, str]]
 
 
 def relative_key(path: str, root: str) -> str:
@@ -104,6 +123,116 @@ def scope_keys(paths: Sequence[str], root: str) -> list[str]:
     return keys
 
 
+def plan_update(index: Index, paths: Sequence[str]) -> Plan:
+    """Compare the folders with the rows: the cheap test (size and mtime) decides what to read."""
+    root = str(index.root)
+    scope = scope_keys(paths, root)
+    found = find_images(paths)
+    known = {r["path"]: r for r in index.rows(scope).to_pylist()}
+    candidates, seen, unchanged = [], set(), 0
+    for path in found.images:
+        relative = relative_key(path, root)
+        key = key_of(relative)
+        if key in seen:
+            continue  # the same file reached through two of the given paths
+        seen.add(key)
+        try:
+            info = os.stat(path)
+            size, mtime = info.st_size, info.st_mtime_ns
+        except OSError:
+            size = mtime = -1  # read_file says why, as a row
+        old = known.get(key)
+        healthy = old is not None and old["error"] is None
+        if healthy and (old["size"], old["mtime_ns"]) == (size, mtime):
+            unchanged += 1
+            continue
+        candidates.append(Candidate(key, relative, path, size, mtime, old["sha256"] if healthy else None, old is not None))
+    return Plan(scope, candidates, [key for key in known if key not in seen], unchanged, found.skipped)
+
+
+def embed_chunk(
+    embedder: Embedder,
+    part: Sequence[Candidate],
+    workers: int,
+    stop: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[int], None] = lambda _done: None,
+) -> list[Outcome]:
+    """Read, hash, prepare (on the worker pool, a bounded number ahead) and embed a chunk in
+    batches; stops between images when ``stop()`` says so (the outcomes so far are returned).
+    ``on_batch(n)`` after each n images finished. Used in this process and by Ray replicas."""
+    batch_size = BATCH_CUDA if embedder.info.device.startswith("cuda") else BATCH_CPU
+    outcomes: list[Outcome] = []
+    waiting: list[tuple[Candidate, str, dict]] = []
+
+    def prepare(candidate: Candidate) -> tuple[str, dict | None]:
+        data = read_file(candidate.path)  # read once: hashed, then decoded from memory
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == candidate.known_sha256:
+            return digest, None  # same bytes, new size or time: the vector stays
+        return digest, embedder.prepare(data)
+
+    def flush() -> None:
+        if waiting:
+            vectors = embedder.embed_prepared([inputs for _c, _d, inputs in waiting])
+            outcomes.extend(Outcome(c, "embedded", d, v) for (c, d, _i), v in zip(waiting, vectors))
+            on_batch(len(waiting))
+            waiting.clear()
+
+    with RowFeeder(part, prepare, workers) as feeder:
+        for candidate in part:
+            if stop():
+                break
+            try:
+                digest, inputs = feeder.get(candidate)
+            except ImageError as exc:
+                outcomes.append(Outcome(candidate, "error", error=str(exc)))
+                on_batch(1)
+                continue
+            finally:
+                feeder.release(candidate)
+            if inputs is None:
+                outcomes.append(Outcome(candidate, "kept", digest))
+                on_batch(1)
+                continue
+            waiting.append((candidate, digest, inputs))
+            if len(waiting) >= batch_size:
+                flush()
+        flush()
+    return outcomes
+
+
+def write_outcomes(index: Index, outcomes: Sequence[Outcome], report: IndexReport) -> None:
+    """Count the outcomes and write them in one commit (a kept file's vector is read back)."""
+    kept = index.vectors_by_hash(o.sha256 for o in outcomes if o.kind == "kept")
+    rows = []
+    for o in outcomes:
+        c = o.candidate
+        vector = kept.get(o.sha256) if o.kind == "kept" else o.vector
+        rows.append(row(c.key, c.relative, o.sha256, c.size, c.mtime_ns, vector, o.error))
+        if o.kind == "embedded":
+            report.embedded += 1
+            report.added, report.changed = report.added + (not c.known), report.changed + c.known
+        elif o.kind == "kept":
+            report.unchanged += 1
+    index.put(rows)
+
+
+def check_embedder(index: Index, name: str) -> None:
+    if name != index.embedder:
+        raise IndexStoreError(
+            f"this index was built with the embedder {index.embedder}, not {name}: "
+            "use the same one, or build a new index in another folder"
+        )
+
+
+def finish_update(index: Index, plan: Plan, report: IndexReport, start: float) -> IndexReport:
+    report.errors = index.count_errors(plan.scope)
+    index.finish()
+    report.indexed = index.count()
+    report.elapsed_s = time.perf_counter() - start
+    return report
+
+
 def update_index(
     index: Index,
     embedder: Embedder,
@@ -116,115 +245,27 @@ def update_index(
 ) -> IndexReport:
     """Bring the index in step with ``paths`` (folders searched recursively, or files, inside the
     index's root). Raises IndexStoreError for a path outside the root or a locked index."""
-    if embedder.info.name != index.embedder:
-        raise IndexStoreError(
-            f"this index was built with the embedder {index.embedder}, not {embedder.info.name}: "
-            "use the same one, or build a new index in another folder"
-        )
+    check_embedder(index, embedder.info.name)
     start = time.perf_counter()
-    root = str(index.root)
-    scope = scope_keys(paths, root)
     stop = should_stop or (lambda: False)
     notify = progress or (lambda _event: None)
-    report = IndexReport()
     with index.writing():
-        found = find_images(paths)
-        report.skipped = found.skipped
-        known = {r["path"]: r for r in index.rows(scope).to_pylist()}
-        candidates, seen = [], set()
-        for path in found.images:
-            relative = relative_key(path, root)
-            key = key_of(relative)
-            if key in seen:
-                continue  # the same file reached through two of the given paths
-            seen.add(key)
-            try:
-                info = os.stat(path)
-                size, mtime = info.st_size, info.st_mtime_ns
-            except OSError:
-                size = mtime = -1  # read_file says why, as a row
-            old = known.get(key)
-            if old is not None and old["error"] is None and (old["size"], old["mtime_ns"]) == (size, mtime):
-                report.unchanged += 1
-                continue
-            candidates.append(_Candidate(key, relative, path, size, mtime, old is not None))
-        gone = [key for key in known if key not in seen]
-        index.delete(gone)
-        report.removed = len(gone)
-        _embed(index, embedder, candidates, known, report, notify, stop, workers or available_cpus(), chunk)
-        report.errors = index.count_errors(scope)
-        index.finish()
-        report.indexed = index.count()
-    report.elapsed_s = time.perf_counter() - start
-    return report
+        plan = plan_update(index, paths)
+        report = IndexReport(unchanged=plan.unchanged, skipped=plan.skipped)
+        index.delete(plan.gone)
+        report.removed = len(plan.gone)
+        clock = ProgressClock(len(plan.candidates))
+        notify(Progress(0, clock.total, 0.0, 0.0, None))
 
+        def advance(count: int) -> None:
+            elapsed, rate, eta = clock.advance(count)
+            notify(Progress(clock.done, clock.total, elapsed, rate, eta))
 
-def _embed(index, embedder, candidates, known, report, notify, stop, workers, chunk) -> None:
-    clock = ProgressClock(len(candidates))
-    notify(Progress(0, len(candidates), 0.0, 0.0, None))
-    batch_size = BATCH_CUDA if embedder.info.device.startswith("cuda") else BATCH_CPU
-
-    def prepare(candidate: _Candidate) -> _Prepared:
-        data = read_file(candidate.path)  # read once: hashed, then decoded from memory
-        digest = hashlib.sha256(data).hexdigest()
-        old = known.get(candidate.key)
-        if old is not None and old["error"] is None and old["sha256"] == digest:
-            return _Prepared(digest, None)  # same bytes, new size or time: the vector stays
-        return _Prepared(digest, embedder.prepare(data))
-
-    for first in range(0, len(candidates), chunk):
-        part = candidates[first:first + chunk]
-        rows: list[dict] = []
-        waiting: list[tuple[_Candidate, _Prepared]] = []
-
-        def flush() -> None:
-            if waiting:
-                vectors = embedder.embed_prepared([p.inputs for _c, p in waiting])
-                rows.extend(_row(c, p.sha256, v) for (c, p), v in zip(waiting, vectors))
-                _count(report, [c for c, _p in waiting], changed=True)
-                report.embedded += len(waiting)
-                elapsed, rate, eta = clock.advance(len(waiting))
-                notify(Progress(clock.done, clock.total, elapsed, rate, eta))
-                waiting.clear()
-
-        with RowFeeder(part, prepare, workers) as feeder:
-            for candidate in part:
-                if stop():
-                    report.cancelled = True
-                    break
-                try:
-                    prepared = feeder.get(candidate)
-                except ImageError as exc:
-                    rows.append(_row(candidate, None, None, str(exc)))
-                    clock.advance(1)
-                    continue
-                finally:
-                    feeder.release(candidate)
-                if prepared.inputs is None:
-                    vector = index.vectors_by_hash([prepared.sha256]).get(prepared.sha256)
-                    rows.append(_row(candidate, prepared.sha256, vector))
-                    _count(report, [candidate], changed=False)
-                    clock.advance(1)
-                    continue
-                waiting.append((candidate, prepared))
-                if len(waiting) >= batch_size:
-                    flush()
-            flush()
-        index.put(rows)  # one commit per chunk: a stop or a crash keeps it
-        if report.cancelled:
-            break
-    report.pending = len(candidates) - clock.done
-
-
-def _count(report: IndexReport, candidates: list[_Candidate], changed: bool) -> None:
-    for candidate in candidates:
-        if not candidate.known:
-            report.added += 1
-        elif changed:
-            report.changed += 1
-        else:
-            report.unchanged += 1
-
-
-def _row(candidate: _Candidate, digest, vector, error: str | None = None) -> dict:
-    return row(candidate.key, candidate.relative, digest, candidate.size, candidate.mtime_ns, vector, error)
+        for first in range(0, len(plan.candidates), chunk):
+            outcomes = embed_chunk(embedder, plan.candidates[first:first + chunk], workers or available_cpus(), stop, advance)
+            write_outcomes(index, outcomes, report)  # one commit per chunk: a stop or a crash keeps it
+            if stop():
+                break
+        report.pending = len(plan.candidates) - clock.done
+        report.cancelled = report.pending > 0
+        return finish_update(index, plan, report, start)
