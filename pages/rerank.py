@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from lychee_rerank import DEFAULT_INSTRUCTION, PREPROCESS_MODES, InputError, ModelSettings, QueryImage as QueryPicture, RunSettings
-from ui import fmt, media, results, session, sources
+from ui import fmt, index_panel, media, results, session, sources
 from ui import model as model_ui
 from ui import state as run_state
 from ui.i18n import t
@@ -43,6 +43,7 @@ PIXELS_PER_TOKEN = 28 * 28
 LIVE_REFRESH_S = 1.0
 PERSIST = "session"  # inputs keep their values across page switches
 SKIPPED_SHOWN = 500  # rows of the skipped-files table
+NOT_RETRIEVED_KEY = "not_retrieved"  # search then rerank: the folder's images left out of the top K
 
 
 @dataclass(frozen=True)
@@ -167,18 +168,18 @@ def _scan_server_folder(force: bool = False) -> None:
     st.session_state[SERVER_KEY] = {"text": text, "found": found, "error": error}
 
 
-def _server_inputs(root) -> list[Item]:
+def _server_inputs(root) -> tuple[list[Item], int | None]:
     st.text_input(t("server_folder"), key="server_folder", placeholder=t("server_folder_placeholder"),
                   help=t("server_folder_help", root=root), persist_state=PERSIST)
     _scan_server_folder()
     state = st.session_state[SERVER_KEY]
     if state["error"]:
         st.error(state["error"], icon=":material/folder_off:")
-        return []
+        return [], None
     found: sources.ServerImages | None = state["found"]
     if found is None:
         st.caption(t("server_folder_hint", root=fmt.md_escape(root)))
-        return []
+        return [], None
     left, right = st.columns([3, 1], vertical_alignment="center")
     left.caption(t("server_found", n=len(found.items), folder=fmt.md_escape(found.folder),
                    size=fmt.size(found.total_bytes)))
@@ -190,10 +191,11 @@ def _server_inputs(root) -> list[Item]:
                          hide_index=True, width="stretch", key="skipped_table")
             if len(found.skipped) > SKIPPED_SHOWN:
                 st.caption(t("server_skipped_more", n=len(found.skipped) - SKIPPED_SHOWN))
-    return list(found.items)
+    k = index_panel.panel(root, found.folder, list(found.items)) if found.items else None  # search then rerank
+    return list(found.items), k
 
 
-def _inputs() -> tuple[QueryImage | None, list[Item], str]:
+def _inputs() -> tuple[QueryImage | None, list[Item], str, int | None]:
     query_image = _query_inputs()
     with st.expander(t("advanced")):
         st.text_area(
@@ -211,8 +213,8 @@ def _inputs() -> tuple[QueryImage | None, list[Item], str]:
     options = ("files", "folder", "server") if root is not None else ("files", "folder")
     source = choice("radio", t("upload_source"), options, store_key="upload_source", default="files",
                     labels="src_", horizontal=True)
-    items = _server_inputs(root) if source == "server" else _upload_inputs(folder=source == "folder")
-    return query_image, items, source
+    items, k = _server_inputs(root) if source == "server" else (_upload_inputs(folder=source == "folder"), None)
+    return query_image, items, source, k
 
 
 def _current_settings(query_image: QueryImage | None, outcome) -> tuple[RunSettings | None, str | None]:
@@ -296,13 +298,15 @@ def main() -> None:
 
     if action == "rank" and st.session_state.get("upload_source") == "server":
         _scan_server_folder(force=True)  # rank what is in the folder now
-    query_image, items, source = _inputs()
+    query_image, items, source, retrieve_k = _inputs()
     settings, settings_error = _current_settings(query_image, outcome)
     run: Run | None = st.session_state.get(RUN_KEY)
     same_scores = run is not None and settings is not None and not settings.changes(run.settings)
 
     # Same query, other files: keep the scores of the files still there, the new ones wait for Resume.
-    if run is not None and not run.running and items and same_scores and not _same_files(run, items):
+    # (Not while searching the index: a run then holds the top K only, by design.)
+    if (run is not None and not run.running and items and same_scores and retrieve_k is None
+            and not _same_files(run, items)):
         run = run.rebase(items)
         st.session_state[RUN_KEY] = run
 
@@ -318,6 +322,12 @@ def main() -> None:
         elif settings is None:
             notice = settings_error or t("need_query")
         else:
+            if retrieve_k is not None:  # search the index, rerank only the top K
+                state = st.session_state[SERVER_KEY]
+                items, left_out = index_panel.top_k(sources.data_dir(), state["found"].folder, items, settings, retrieve_k)
+                st.session_state[NOT_RETRIEVED_KEY] = left_out
+            else:
+                st.session_state.pop(NOT_RETRIEVED_KEY, None)
             run = Run(settings, items, model_name=reranker.info.name, is_demo=reranker.info.is_demo,
                       quantization=reranker.info.quantization)
             st.session_state[RUN_KEY] = run
@@ -327,6 +337,7 @@ def main() -> None:
             _start(run, reranker, [run.items[i] for i in run.pending()], settings)
     elif action == "clear" and run is not None and not run.running:
         st.session_state.pop(RUN_KEY, None)
+        st.session_state.pop(NOT_RETRIEVED_KEY, None)
         st.session_state.pop(results.VIEWER_KEY, None)
         run = None
         if source != "server":
@@ -350,6 +361,8 @@ def main() -> None:
                    help=t("clear_server_help") if source == "server" else t("clear_help"))
     if notice:
         st.warning(notice, icon=":material/info:")
+    if run is not None and st.session_state.get(NOT_RETRIEVED_KEY):
+        st.caption(t("not_retrieved", k=len(run.items), n=st.session_state[NOT_RETRIEVED_KEY]))
 
     if running:
         _live_panel()

@@ -723,3 +723,26 @@ def test_the_fast_preprocessing_setting_reaches_the_engine_and_marks_old_results
     assert any("the preprocessing" in w.value for w in app.warning)  # the shown scores used "exact"
     rank(app, photos(2))
     assert asked == ["exact", "fast"]
+
+
+def test_server_folder_is_indexed_and_search_then_rerank_scores_only_the_top_k(data_dir, app, monkeypatch, tmp_path):
+    monkeypatch.setenv("LYCHEE_EMBEDDER", "demo")
+    monkeypatch.setenv("LYCHEE_INDEX_DIR", str(tmp_path / "library.index"))
+    app.run()
+    use_server_folder(app, "photos")
+    assert any(c.value == "3 images, 0 indexed" for c in app.caption)
+    app.button(key="index_button").click().run()
+    job = app.session_state["index_job"]
+    job.thread.join(timeout=120)
+    assert not job.running and job.error is None, job.error
+    app.run()
+    assert any(c.value == "3 images, 3 indexed" for c in app.caption)
+
+    app.radio(key="rerank_scope__en").set_value("top").run()
+    app.number_input(key="retrieve_k").set_value(2).run()
+    app.text_input(key="query").set_value(QUERY)
+    app.button(key="rank_button").click().run()
+    wait_for_run(app)
+    run = app.session_state["run"]
+    assert len(run.items) == 2 and run.scored_count() == 2
+    assert any("the other 1 were not scored" in c.value for c in app.caption)

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 from ..execution import ProgressClock
 from ..images import ImageError, read_file
-from ..inputs import find_images
+from ..inputs import FoundImages, find_images
 from ..pipeline import RowFeeder, available_cpus
 from ..results import Progress
 from .embedder import Embedder
@@ -123,11 +123,13 @@ def scope_keys(paths: Sequence[str], root: str) -> list[str]:
     return keys
 
 
-def plan_update(index: Index, paths: Sequence[str]) -> Plan:
-    """Compare the folders with the rows: the cheap test (size and mtime) decides what to read."""
+def plan_update(index: Index, paths: Sequence[str], files: Sequence[str] | None = None) -> Plan:
+    """Compare the folders with the rows: the cheap test (size and mtime) decides what to read.
+    ``files``: the images under ``paths`` when the caller has already listed them (the app, which
+    leaves out links leading out of its data folder); default: ``inputs.find_images(paths)``."""
     root = str(index.root)
     scope = scope_keys(paths, root)
-    found = find_images(paths)
+    found = find_images(paths) if files is None else FoundImages(list(files))
     known = {r["path"]: r for r in index.rows(scope).to_pylist()}
     candidates, seen, unchanged = [], set(), 0
     for path in found.images:
@@ -242,15 +244,17 @@ def update_index(
     should_stop: Callable[[], bool] | None = None,
     workers: int | None = None,
     chunk: int = CHUNK,
+    files: Sequence[str] | None = None,
 ) -> IndexReport:
     """Bring the index in step with ``paths`` (folders searched recursively, or files, inside the
-    index's root). Raises IndexStoreError for a path outside the root or a locked index."""
+    index's root; ``files``: see ``plan_update``). Raises IndexStoreError for a path outside the
+    root or a locked index."""
     check_embedder(index, embedder.info.name)
     start = time.perf_counter()
     stop = should_stop or (lambda: False)
     notify = progress or (lambda _event: None)
     with index.writing():
-        plan = plan_update(index, paths)
+        plan = plan_update(index, paths, files)
         report = IndexReport(unchanged=plan.unchanged, skipped=plan.skipped)
         index.delete(plan.gone)
         report.removed = len(plan.gone)
