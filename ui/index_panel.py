@@ -16,6 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from lychee_rerank.confine import DataFile
 from lychee_rerank.demo_model import demo_cache_root
 from lychee_rerank.retrieval import DEFAULT_K, Embedder, Index, IndexStoreError, default_embedder, update_index
 from lychee_rerank.retrieval.store import key_of
@@ -74,8 +75,11 @@ class IndexJob:
             directory = index_dir(self.root)
             index = Index.open(directory) if Index.exists(directory) else Index.create(
                 directory, embedder=embedder.info.name, dim=embedder.info.dim, root=str(self.root))
-            self.report = update_index(index, embedder, [str(self.root / self.folder)], files=self.files,
-                                       progress=self._progress, should_stop=self.stop_event.is_set)
+            real_root = os.path.realpath(self.root)
+            self.report = update_index(
+                index, embedder, [str(self.root / self.folder)], files=self.files,
+                read=lambda path: DataFile.under(real_root, path).read_bytes(),  # checked where it is opened
+                progress=self._progress, should_stop=self.stop_event.is_set)
         except Exception as exc:  # one sentence on the page, never a traceback
             self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
@@ -121,7 +125,7 @@ def indexed_count(index: Index | None, folder: str, items: list[Item]) -> int:
         row = current.get(key_of(item.name))
         if row is not None:
             try:
-                info = os.stat(item.source)
+                info = os.stat(item.source.path)
             except OSError:
                 continue
             count += (row["size"], row["mtime_ns"]) == (info.st_size, info.st_mtime_ns)

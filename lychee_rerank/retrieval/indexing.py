@@ -158,16 +158,18 @@ def embed_chunk(
     workers: int,
     stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda _done: None,
+    read: Callable[[str], bytes] = read_file,
 ) -> list[Outcome]:
     """Read, hash, prepare (on the worker pool, a bounded number ahead) and embed a chunk in
     batches; stops between images when ``stop()`` says so (the outcomes so far are returned).
-    ``on_batch(n)`` after each n images finished. Used in this process and by Ray replicas."""
+    ``on_batch(n)`` after each n images finished; ``read`` opens a file (the app's confines it to
+    its data folder where it is opened). Used in this process and by Ray replicas."""
     batch_size = BATCH_CUDA if embedder.info.device.startswith("cuda") else BATCH_CPU
     outcomes: list[Outcome] = []
     waiting: list[tuple[Candidate, str, dict]] = []
 
     def prepare(candidate: Candidate) -> tuple[str, dict | None]:
-        data = read_file(candidate.path)  # read once: hashed, then decoded from memory
+        data = read(candidate.path)  # read once: hashed, then decoded from memory
         digest = hashlib.sha256(data).hexdigest()
         if digest == candidate.known_sha256:
             return digest, None  # same bytes, new size or time: the vector stays
@@ -245,10 +247,11 @@ def update_index(
     workers: int | None = None,
     chunk: int = CHUNK,
     files: Sequence[str] | None = None,
+    read: Callable[[str], bytes] = read_file,
 ) -> IndexReport:
     """Bring the index in step with ``paths`` (folders searched recursively, or files, inside the
     index's root; ``files``: see ``plan_update``). Raises IndexStoreError for a path outside the
-    root or a locked index."""
+    root or a locked index. ``read``: see ``embed_chunk``."""
     check_embedder(index, embedder.info.name)
     start = time.perf_counter()
     stop = should_stop or (lambda: False)
@@ -266,7 +269,8 @@ def update_index(
             notify(Progress(clock.done, clock.total, elapsed, rate, eta))
 
         for first in range(0, len(plan.candidates), chunk):
-            outcomes = embed_chunk(embedder, plan.candidates[first:first + chunk], workers or available_cpus(), stop, advance)
+            outcomes = embed_chunk(embedder, plan.candidates[first:first + chunk], workers or available_cpus(), stop,
+                                   advance, read)
             write_outcomes(index, outcomes, report)  # one commit per chunk: a stop or a crash keeps it
             if stop():
                 break
