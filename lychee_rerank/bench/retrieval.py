@@ -77,17 +77,12 @@ def bench_store(sizes: list[int], dim: int, k: int, queries: int, ann: bool, fol
             print(f"{n:>9,} vectors: written in {built:.1f} s; exact search {exact * 1000:.0f} ms ({_load()})")
             if ann or n >= ANN_THRESHOLD:
                 start = time.perf_counter()
-                index.finish() if n >= ANN_THRESHOLD else _force_ann(index)
+                index.build_ann()
                 trained = time.perf_counter() - start
                 approximate, found = _latency(index, probe, k)
                 recall = statistics.mean(len(a & b) / k for a, b in zip(found, truth))
                 print(f"{'':>9}  IVF_FLAT: built in {trained:.1f} s; search {approximate * 1000:.0f} ms; "
                       f"recall@{k} vs exact {recall:.3f} ({_load()})")
-
-
-def _force_ann(index) -> None:
-    index.table.create_index(metric="dot", index_type="IVF_FLAT", vector_column_name="vector", replace=True)
-    index.meta["ann"] = "IVF_FLAT"
 
 
 def _photos(folder: Path, count: int, start: int = 0, size: tuple[int, int] = (1600, 1200)) -> list[Path]:

@@ -245,17 +245,22 @@ class Index:
             pa.Table.from_pylist(rows, schema=schema(self.dim)), on_bad_vectors="null"  # error rows: no vector
         )
 
+    def build_ann(self) -> None:
+        """(Re)build the IVF_FLAT index over the vectors; searches use it from then on."""
+        from lancedb.index import IvfFlat
+
+        self.table.create_index("vector", config=IvfFlat(distance_type="dot"), replace=True)
+        if not self.meta.get("ann"):
+            self.meta["ann"] = "IVF_FLAT"
+            self.save_meta()
+
     def finish(self) -> None:
         """After an update: compact the small commits into few files, drop old versions, and build
         (or refresh) the ANN index once the collection is large enough for a scan to be slow."""
         from datetime import timedelta
 
-        vectors = self.count()
-        if vectors >= ANN_THRESHOLD:
-            self.table.create_index(metric="dot", index_type="IVF_FLAT", vector_column_name="vector", replace=True)
-            if not self.meta.get("ann"):
-                self.meta["ann"] = "IVF_FLAT"
-                self.save_meta()
+        if self.count() >= ANN_THRESHOLD:
+            self.build_ann()
         # Versions older than an hour go: a reader (the app) may still be on a recent one.
         self.table.optimize(cleanup_older_than=timedelta(hours=1))
 
