@@ -17,7 +17,8 @@ from .commands.common import PROG, UsageError, add_settings_arguments, positive_
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_arguments
-    from .commands.index import add_index_arguments, add_retrieval_arguments
+    from .commands.index import add_index_arguments
+    from .commands.retrieval import add_retrieval_arguments
     from .scale_out import add_ray_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="Rank images against a query with Lychee-rerank-mm.")
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--csv", metavar="PATH", help="write the ranking as CSV")
     rank.add_argument("--json", metavar="PATH", help="write the ranking as JSON")
     rank.add_argument("--top", type=positive_int, metavar="K", help="print only the best K rows")
-    add_retrieval_arguments(rank)  # search then rerank: lychee_rerank/commands/index.py
+    add_retrieval_arguments(rank)  # search then rerank: lychee_rerank/commands/retrieval.py
     add_ray_arguments(rank)  # scale-out on Ray: lychee_rerank/scale_out/
 
     index = commands.add_parser("index", help="build or update the index of a photo library (search then rerank)")

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
-    from .retrieval.search import Retrieval
     from .settings import RunSettings
 
 
@@ -63,7 +62,7 @@ class Ranking:
     error: str | None = None
     settings: "RunSettings | None" = None  # the run's whole settings, recorded in every output
     quantization: str | None = None  # the weights actually loaded ("none", "8bit", "4bit")
-    retrieval: "Retrieval | None" = None  # search then rerank: what the first stage did
+    retrieval: object | None = None  # search then rerank: what the first stage did (retrieval.search.Retrieval)
 
     @property
     def not_retrieved(self) -> int:

@@ -108,7 +108,7 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
 
     from .. import ImageResult, InputError, ModelLoadError, Ranking, Reranker
     from ..retrieval.search import display_name, with_retrieval
-    from .index import retrieval_from_args
+    from .retrieval import retrieval_from_args
 
     retrieval = retrieval_from_args(args)  # rank --index DIR: search, then rerank the top K
     if not args.paths and retrieval is None:
