@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 
 from .common import UsageError, check_outputs, positive_int, report_skipped, say
@@ -31,14 +30,9 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from .rank import Interrupted, StopSignals
+    from .rank import under_stop_signals
 
-    with StopSignals() as signals:
-        try:
-            return _index(args, signals)
-        except Interrupted as exc:
-            say(f"interrupted by {signal.Signals(exc.signum).name} while {signals.phase}")
-            return 128 + exc.signum
+    return under_stop_signals(_index, args)
 
 
 def _open_index(args: argparse.Namespace):

@@ -77,9 +77,15 @@ def run_rank(args: argparse.Namespace) -> int:
         if args.index:
             raise UsageError("--index (search then rerank) runs in this process: leave out the Ray options")
         return run_rank_command(args)
+    return under_stop_signals(_rank, args)
+
+
+def under_stop_signals(command, args: argparse.Namespace) -> int:
+    """``command(args, signals)`` with SIGINT and SIGTERM handled (StopSignals); a signal it could
+    not wait for is one line and exit code 128 + the signal number."""
     with StopSignals() as signals:
         try:
-            return _rank(args, signals)
+            return command(args, signals)
         except Interrupted as exc:
             say(f"interrupted by {signal.Signals(exc.signum).name} while {signals.phase}")
             return 128 + exc.signum
