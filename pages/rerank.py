@@ -323,14 +323,16 @@ def main() -> None:
         elif settings is None:
             notice = settings_error or t("need_query")
         else:
+            first_stage = None
             if retrieve_k is not None:  # search the index, rerank only the top K
                 state = st.session_state[SERVER_KEY]
-                items, left_out = index_panel.top_k(sources.data_dir(), state["found"].folder, items, settings, retrieve_k)
+                items, first_stage, left_out = index_panel.top_k(
+                    sources.data_dir(), state["found"].folder, items, settings, retrieve_k)
                 st.session_state[NOT_RETRIEVED_KEY] = left_out
             else:
                 st.session_state.pop(NOT_RETRIEVED_KEY, None)
             run = Run(settings, items, model_name=reranker.info.name, is_demo=reranker.info.is_demo,
-                      quantization=reranker.info.quantization)
+                      quantization=reranker.info.quantization, results=first_stage)
             st.session_state[RUN_KEY] = run
             _start(run, reranker, run.items, settings)
     elif action == "resume" and run is not None and not run.running and reranker is not None:

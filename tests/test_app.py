@@ -746,4 +746,6 @@ def test_server_folder_is_indexed_and_search_then_rerank_scores_only_the_top_k(d
     wait_for_run(app)
     run = app.session_state["run"]
     assert len(run.items) == 2 and run.scored_count() == 2
+    assert sorted(r.retrieval_rank for r in run.results) == [1, 2]  # the first stage's place stays beside the score
+    assert all(r.similarity is not None for r in run.results)
     assert any("the other 1 were not scored" in c.value for c in app.caption)

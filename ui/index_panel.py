@@ -16,6 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from lychee_rerank import ImageResult
 from lychee_rerank.confine import DataFile
 from lychee_rerank.demo_model import demo_cache_root
 from lychee_rerank.retrieval import DEFAULT_K, Embedder, Index, IndexStoreError, default_embedder, update_index
@@ -157,12 +158,15 @@ def panel(root: Path, folder: str, items: list[Item]) -> int | None:
         return int(st.number_input(t("retrieve_k"), min_value=1, value=DEFAULT_K, step=10, key="retrieve_k"))
 
 
-def top_k(root: Path, folder: str, items: list[Item], settings, k: int) -> tuple[list[Item], int]:
+def top_k(root: Path, folder: str, items: list[Item], settings, k: int) -> tuple[list[Item], list[ImageResult], int]:
     """The K items of the folder most similar to the query (the index's order; files indexed but
-    gone since are passed over), and how many of the folder's images are left out (not scored)."""
+    gone since are passed over), a result for each holding its retrieval rank and similarity (not
+    scored yet), and how many of the folder's images are left out (not scored)."""
     index = Index.open(index_dir(root))
     by_key = {key_of(item.name): item for item in items}
     picture = None if settings.query_image is None else settings.query_image.data
     vector = _embedder(index.embedder).embed_query(settings.query, picture)
     hits = [h for h in index.search(vector, k, [_folder_key(folder)]) if h.path in by_key]
-    return [by_key[h.path] for h in hits], len(items) - len(hits)
+    firsts = [ImageResult(i, by_key[h.path].name, retrieval_rank=h.retrieval_rank, similarity=h.similarity)
+              for i, h in enumerate(hits)]
+    return [by_key[h.path] for h in hits], firsts, len(items) - len(hits)
