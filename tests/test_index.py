@@ -120,6 +120,25 @@ def test_search_ranks_by_cosine_similarity_and_stays_inside_the_folders_asked(tm
     assert [h.retrieval_rank for h in hits] == [1, 2, 3, 4, 5]
     trip = index.search(query, 50, scope_keys([str(root / "trip")], str(root)))
     assert len(trip) == 6 and all(h.path.startswith("trip/") for h in trip)
+    # An image as the query finds itself first.
+    assert index.search(embedder.embed_query(image=paths[7]), 1)[0].file == paths[7]
+
+
+def test_a_stopped_update_keeps_its_committed_chunks_and_the_next_one_embeds_only_the_rest(tmp_path, embedder):
+    from lychee_rerank.retrieval import update_index
+
+    root = tmp_path / "library"
+    make_library(root, 10)
+    index = new_index(tmp_path, embedder, root)
+    events = []
+    stopped = update_index(index, embedder, [str(root)], chunk=4, progress=events.append,
+                           should_stop=lambda: bool(events) and events[-1].done >= 4)
+    assert stopped.cancelled and stopped.indexed == 4 and stopped.pending == 6
+    assert events[-1].total == 10 and events[-1].images_per_s > 0
+    before = embedder.images_embedded
+    finished = update_index(index, embedder, [str(root)])
+    assert (finished.added, finished.unchanged, finished.pending, finished.indexed) == (6, 4, 0, 10)
+    assert embedder.images_embedded - before == 6
 
 
 def test_search_then_rerank_scores_the_top_k_as_ranking_everything_would(tmp_path, embedder, reranker):
@@ -157,6 +176,13 @@ def test_the_index_command_reports_counts_and_rank_reranks_only_the_top_k(tmp_pa
     again = run_cli("index", "--index", str(index), "--json", str(report), str(root))
     assert again.returncode == 0, again.stderr
     assert json.loads(report.read_text())["removed"] == 1 and json.loads(report.read_text())["embedded"] == 0
+
+    moved = tmp_path / "moved-library"
+    root.rename(moved)  # the library moves: --root points the index at it, nothing is embedded again
+    rebased = run_cli("index", "--index", str(index), "--root", str(moved), "--json", str(report), str(moved))
+    assert rebased.returncode == 0, rebased.stderr
+    assert {k: json.loads(report.read_text())[k] for k in ("unchanged", "embedded", "removed")} == dict(
+        unchanged=11, embedded=0, removed=0)
 
     out = tmp_path / "ranking.json"
     ranked = run_cli("rank", "--index", str(index), "--retrieve", "4", "--model", "demo", "--query", "a cat",
