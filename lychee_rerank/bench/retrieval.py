@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..retrieval.store import ANN_NPROBES
+
 
 def _load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -40,16 +42,17 @@ def _unit(rng, n: int, dim: int):
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def _latency(index, queries, k: int) -> tuple[float, list]:
+def _latency(index, queries, k: int, **options) -> tuple[float, list]:
     times, answers = [], []
     for query in queries:
         start = time.perf_counter()
-        answers.append({h.path for h in index.search(query, k)})
+        answers.append({h.path for h in index.search(query, k, **options)})
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:] or times), answers  # the first query warms the caches
 
 
-def bench_store(sizes: list[int], dim: int, k: int, queries: int, ann: bool, folder: str | None) -> None:
+def bench_store(sizes: list[int], dim: int, k: int, queries: int, ann: bool, folder: str | None,
+                probes: list[int]) -> None:
     import numpy as np
     import pyarrow as pa
 
@@ -79,10 +82,12 @@ def bench_store(sizes: list[int], dim: int, k: int, queries: int, ann: bool, fol
                 start = time.perf_counter()
                 index.build_ann()
                 trained = time.perf_counter() - start
-                approximate, found = _latency(index, probe, k)
-                recall = statistics.mean(len(a & b) / k for a, b in zip(found, truth))
-                print(f"{'':>9}  IVF_FLAT: built in {trained:.1f} s; search {approximate * 1000:.0f} ms; "
-                      f"recall@{k} vs exact {recall:.3f} ({_load()})")
+                print(f"{'':>9}  IVF_FLAT built in {trained:.1f} s ({_load()})")
+                for nprobes in probes:
+                    approximate, found = _latency(index, probe, k, nprobes=nprobes)
+                    recall = statistics.mean(len(a & b) / k for a, b in zip(found, truth))
+                    print(f"{'':>9}  IVF_FLAT, {nprobes} partitions probed: search {approximate * 1000:.0f} ms; "
+                          f"recall@{k} vs exact {recall:.3f} ({_load()})")
 
 
 def _photos(folder: Path, count: int, start: int = 0, size: tuple[int, int] = (1600, 1200)) -> list[Path]:
@@ -182,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     store.add_argument("--queries", type=int, default=6)
     store.add_argument("--ann", action="store_true", help="also build and measure the ANN index below the threshold")
     store.add_argument("--dir", help="where to write the tables (default: the temporary folder)")
+    store.add_argument("--nprobes", default=str(ANN_NPROBES), help="comma-separated partitions to probe (ANN)")
     build = parts.add_parser("build", help="index build rate: CPU side, model side, whole update")
     build.add_argument("--images", type=int, default=64)
     build.add_argument("--embedder", default="demo")
@@ -195,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     versus.add_argument("--size", default="640x480")
     args = parser.parse_args(argv)
     if args.part == "store":
-        bench_store([int(s) for s in args.sizes.split(",")], args.dim, args.k, args.queries, args.ann, args.dir)
+        bench_store([int(s) for s in args.sizes.split(",")], args.dim, args.k, args.queries, args.ann, args.dir,
+                    [int(p) for p in args.nprobes.split(",")])
         return 0
     size = tuple(int(side) for side in args.size.lower().split("x"))
     if args.part == "build":
