@@ -123,6 +123,8 @@ def metadata(ranking: "Ranking", **extra) -> dict:
         "quantization": ranking.quantization,
         "mode_used": ranking.mode,
         "elapsed_s": ranking.elapsed_s,
+        "cache_hits": ranking.cache_hits,  # the vision-feature cache; null when it was not used
+        "cache_misses": ranking.cache_misses,
         "cancelled": ranking.cancelled,
         "error": ranking.error,
         "scored": len(ranking.scored),

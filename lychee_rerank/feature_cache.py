@@ -78,6 +78,15 @@ def default_cache_dir() -> str | None:
     return configured or str(cache_root() / "features")
 
 
+def cache_dir_problem(folder: str | os.PathLike) -> str | None:
+    """Why the cache cannot live in ``folder`` (created if missing), in one sentence; None if it can."""
+    try:
+        FeatureCache(folder)
+    except CacheUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def limit_bytes() -> int:
     """The size limit: ``$LYCHEE_FEATURE_CACHE_GB`` gigabytes (10^9 bytes), default 20."""
     text = os.environ.get("LYCHEE_FEATURE_CACHE_GB", "").strip()
@@ -151,6 +160,8 @@ class FeatureCache:
         self.limit = limit_bytes() if limit is None else int(limit)
         self._lock = threading.Lock()
         self._estimate: int | None = None  # bytes in the folder as of the last scan, plus our writes
+        if self.root.exists() and not self.root.is_dir():
+            raise CacheUnavailable(f"the feature cache folder {self.root} is a file, not a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

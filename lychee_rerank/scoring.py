@@ -122,8 +122,7 @@ class PairScorer:
         self._prompt_ids = tokenizer(self.prompt, return_tensors="pt")["input_ids"]
         self._prompt_types = torch.as_tensor(np.asarray(processor.create_mm_token_type_ids(self._prompt_ids)))
         # The query image takes the model card's path once; every row then shares it (and its features).
-        self.query_image = None if query_image is None else model_card_image(query_image)
-        self._query = None if self.query_image is None else self._query_input(query_image_bytes)
+        self._query = None if query_image is None else self._vision_input(query_image, query_image_bytes, "query", None)[0]
         images_in_prompt = 1 + (query_image is not None)
         text_tokens = len(tokenizer(self.prompt, add_special_tokens=False)["input_ids"]) - images_in_prompt
         query_tokens = 0 if self._query is None else self._tokens(self._query.grid)
@@ -190,18 +189,22 @@ class PairScorer:
         """Decode, reduce to model size and tokenise one pair -- or, for an image in the feature
         cache, only read its bytes and its features. Raises ImageError or another exception for this
         image alone."""
-        if self.cache is None:
-            return self._row(item, self._patches(item.source, self._draft_target(item.size)), None)
-        data = read_bytes(item.source)
-        if data is None:  # a decoded image has no bytes to key on: encoded, never stored
-            return self._row(item, self._patches(item.source, self._draft_target(item.size)), None)
-        key = self.cache.key(content_digest(data), "document")
-        found = self.cache.get(key)
+        # With a cache the file is read once: the bytes hashed are the bytes decoded.
+        data = None if self.cache is None else read_bytes(item.source)
+        source = item.source if data is None else data
+        image, cached = self._vision_input(source, data, "document", self._draft_target(item.size))
+        return self._row(item, image, cached)
+
+    def _vision_input(self, source, data: bytes | None, kind: str, reduce_to) -> tuple[VisionInput, bool | None]:
+        """The image's features from the cache (True), else its patches, keyed for the cache when
+        there is one (False) or not (None: no cache, or a decoded image without bytes to key on)."""
+        key = None if self.cache is None or data is None else self.cache.key(content_digest(data), kind)
+        found = None if key is None else self.cache.get(key)
         if found is not None:
-            return self._row(item, VisionInput(found.grid, features=found.features), True)
-        image = self._patches(data, self._draft_target(item.size))
+            return VisionInput(found.grid, features=found.features), True
+        image = self._patches(source, reduce_to)
         image.key = key
-        return self._row(item, image, False)
+        return image, None if key is None else False
 
     def _patches(self, source, reduce_to: tuple[int, int] | None) -> VisionInput:
         """The model card's image path, then the image processor: the model-size patches and grid."""
@@ -212,17 +215,6 @@ class PairScorer:
         del pixels  # the decoded pixels are not kept: only the model-size patches are
         # The forward casts to the model's dtype anyway; doing it here halves what waits in memory.
         return VisionInput(out["image_grid_thw"], pixel_values=out["pixel_values"].to(self.model.dtype))
-
-    def _query_input(self, data: bytes | None) -> VisionInput:
-        if self.cache is not None and data is not None:
-            key = self.cache.key(content_digest(data), "query")
-            found = self.cache.get(key)
-            if found is not None:
-                return VisionInput(found.grid, features=found.features)
-            image = self._patches(self.query_image, None)
-            image.key = key
-            return image
-        return self._patches(self.query_image, None)
 
     def close(self) -> None:
         """Wait for the feature cache's writes (nothing to do without a cache)."""

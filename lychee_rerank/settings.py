@@ -191,18 +191,15 @@ _CHANGE_NAMES = {
 
 
 def _cache_dir(path: str | os.PathLike | None) -> str | None:
-    """The feature cache's folder, absolute; InputError when it names something that is not a folder.
-    (It is created, and checked to be writable, when a run opens it.)"""
+    """The feature cache's folder, absolute (created, and checked to be usable, when a run opens it:
+    on Ray, where the replicas run)."""
     if path is None:
         return None
     text = os.fspath(path).strip()
     if not text:
         raise InputError("the feature cache folder is empty; name a folder, or turn the cache off")
     check_text("the feature cache folder", text)
-    folder = os.path.abspath(os.path.expanduser(text))
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise InputError(f"the feature cache folder {folder} is a file, not a folder")
-    return folder
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def _query_image(source: ImageSource | QueryImage | None, name: str | None) -> QueryImage | None:

@@ -29,7 +29,7 @@ INSTALL_HINT = "pip install -r requirements-ray.txt"
 MAX_CHUNK = 256
 CHUNKS_PER_WORKER = 4  # small runs still spread over every worker
 # Environment a local Ray's workers need to build and find the same model as this process.
-FORWARDED_ENV = ("LYCHEE_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTORCH_CUDA_ALLOC_CONF")
+FORWARDED_ENV = ("LYCHEE_CACHE", "LYCHEE_FEATURE_CACHE_GB", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTORCH_CUDA_ALLOC_CONF")
 
 
 class RayUnavailable(RuntimeError):

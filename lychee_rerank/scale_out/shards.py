@@ -29,11 +29,12 @@ SHARD_SCHEMA = pa.schema(
         ("model_width", pa.int64()),
         ("model_height", pa.int64()),
         ("visual_tokens", pa.int64()),
+        ("cached", pa.bool_()),  # vision features from the feature cache; null without it (or in older shards)
         ("mode", pa.string()),  # the execution mode the replica used
         ("demo_model", pa.bool_()),
     ]
 )
-RESULT_COLUMNS = ("score", "error", "width", "height", "model_width", "model_height", "visual_tokens")
+RESULT_COLUMNS = ("score", "error", "width", "height", "model_width", "model_height", "visual_tokens", "cached")
 # What a replica sends back: the shard row, plus, for images its run could not reach, why it stopped.
 REPLICA_SCHEMA = SHARD_SCHEMA.append(pa.field("stopped", pa.string()))
 SETTINGS_FILE = "run.json"
