@@ -247,11 +247,6 @@ class FeatureCache:
             self._estimate = total
         return total
 
-    def clear(self) -> None:
-        """Delete every entry (and temporary file) of this folder's cache."""
-        for path, _info in self._files():
-            _unlink(path)
-
     def size(self) -> int:
         return self._scan_size()
 
