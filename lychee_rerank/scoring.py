@@ -226,7 +226,7 @@ class PairScorer:
 
     def _row(self, item: PlannedImage, image: VisionInput, cached: bool | None) -> PreparedRow:
         """The pair's inputs as the processor makes them: each image placeholder repeated once per
-        visual token of its image, every token but those typed text (0), the placeholders image (1)."""
+        visual token of its image, and the modality types (text 0, image 1) repeated alike."""
         images = [image] if self._query is None else [self._query, image]
         grid = torch.cat([i.grid for i in images])
         repeats = torch.ones(self._prompt_ids.shape[1], dtype=torch.long)
