@@ -201,7 +201,7 @@ class FeatureCache:
         Raises OSError (disk full, permissions)."""
         data = _encode(entry, key)
         path = self.path(key)
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)  # parents: the folder may have been cleared meanwhile
         fd, temporary = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".partial", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as file:
