@@ -69,7 +69,8 @@ class Replica:
         ranking = self.reranker.run(
             self.settings, [fetched[i][0] for i in readable], names=[names[i] for i in readable]
         )
-        common = {"mode": ranking.mode, "demo_model": self.reranker.info.is_demo}
+        info = self.reranker.info
+        common = {"mode": ranking.mode, "demo_model": info.is_demo, "quantization": info.quantization}
         rows = [{"name": n, "error": error, **common} for n, (_s, error) in zip(names, fetched)]
         for position, result in zip(readable, ranking.results):
             rows[position].update({column: getattr(result, column) for column in RESULT_COLUMNS})
