@@ -231,18 +231,25 @@ def test_resume_after_an_interrupted_run_scores_only_the_missing_images(ray_sess
     from lychee_rerank.scale_out import rank_on_ray
 
     images = make_folder(tmp_path / "photos", 12)
-    # A manifest of relative paths and file:// URIs, read by Ray Data.
+    # A text manifest of relative paths and file:// URIs, as editors and spreadsheets leave them:
+    # Windows line ends, trailing spaces, blank lines, repeated entries. Read by Ray Data.
     monkeypatch.chdir(tmp_path)
     entries = [os.path.relpath(p, tmp_path) if i % 2 else Path(p).as_uri() for i, p in enumerate(images)]
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("path,comment\n" + "".join(f"{e},x\n" for e in entries), encoding="utf-8")
+    lines = [e + " " * (i % 3) + ("\r\n" if i % 2 else "\n") + ("\n" if i % 4 == 0 else "") for i, e in enumerate(entries)]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("".join(lines) + f"{entries[3]}\n \t\n{entries[0]} \r\n", encoding="utf-8", newline="")
     out = tmp_path / "out"
+    notices = []
 
     first = rank_on_ray(demo_settings(), manifest=str(manifest), workers=2, chunk_size=2,
-                        out_dir=out, should_stop=lambda: True)
+                        out_dir=out, should_stop=lambda: True, notice=notices.append)
+    assert notices == [f"skipped 5 blank entries in the manifest {manifest}"]
     assert first.ranking.cancelled
     done = shard_names(out)
     assert 0 < len(done) < len(entries) and set(done.values()) == {1}
+    # Every entry once, in the manifest's order; those not reached are marked not scored.
+    assert [r.name for r in first.ranking.results] == entries
+    assert {r.name for r in first.ranking.pending} == set(entries) - set(done)
 
     totals = []
     second = rank_on_ray(demo_settings(), manifest=str(manifest), workers=2, chunk_size=2,
@@ -256,19 +263,101 @@ def test_resume_after_an_interrupted_run_scores_only_the_missing_images(ray_sess
         if expected[image] is None:
             assert scores[entry] is None
         else:
-            assert scores[entry] == pytest.approx(expected[image], abs=1e-5)
+            assert scores[entry] == pytest.approx(expected[image], abs=2e-5)
 
 
-def test_manifests_are_read_as_text_csv_or_parquet(ray_session, tmp_path):
-    from lychee_rerank.scale_out.driver import read_manifest
+def test_manifest_entries_are_stripped_in_order_and_blank_ones_counted_in_text_csv_or_parquet(ray_session, tmp_path):
+    from lychee_rerank.scale_out.driver import manifest_entries
 
-    names = ["a/1.png", "b 2.jpg", "s3://bucket/3.webp"]
-    (tmp_path / "list.txt").write_text("\n".join(names) + "\n\n", encoding="utf-8")
-    (tmp_path / "first-column.csv").write_text("file,label\n" + "".join(f"{n},x\n" for n in names), encoding="utf-8")
-    pq.write_table(pa.table({"id": [1, 2, 3], "path": names}), tmp_path / "list.parquet")
+    names = ["a/1.png", "b 2.jpg", "s3://bucket/3.webp", "a/1.png"]
+    (tmp_path / "list.txt").write_text("\r\n".join(n + "  " for n in names) + "\r\n\r\n", encoding="utf-8", newline="")
+    (tmp_path / "first-column.csv").write_text("file,label\n" + "".join(f"{n} ,x\n" for n in names) + ",x\n", encoding="utf-8")
+    pq.write_table(pa.table({"id": [1, 2, 3, 4, 5], "path": [*(f"\t{n}\r" for n in names), None]}), tmp_path / "list.parquet")
     for manifest in ("list.txt", "first-column.csv", "list.parquet"):
-        rows = read_manifest(ray_session, str(tmp_path / manifest)).take_all()
-        assert sorted(row["name"] for row in rows) == sorted(names), manifest
+        notices = []
+        # Duplicates stay here: rank_on_ray takes each input once, whether given or listed.
+        assert manifest_entries(ray_session, str(tmp_path / manifest), notices.append) == names, manifest
+        assert notices == [f"skipped 1 blank entry in the manifest {tmp_path / manifest}"], manifest
+
+
+def test_an_empty_manifest_is_a_bad_invocation_in_one_sentence(ray_session, tmp_path, capsys, monkeypatch):
+    from lychee_rerank.cli import main
+
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)  # the command sets it: restored afterwards
+
+    (tmp_path / "blank.txt").write_text("\n  \r\n", encoding="utf-8", newline="")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    for manifest, why in (("blank.txt", " (only 2 blank entries)"), ("empty.txt", "")):
+        path = tmp_path / manifest
+        # The shared Ray session is reused: the command starts no Ray of its own.
+        assert main(["rank", "--ray", "local", "--manifest", str(path), "--model", "demo", "-q", QUERY]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"lychee-rerank: the manifest {path} lists no images{why}"
+
+
+def test_sigint_to_the_driver_stops_the_run_and_keeps_every_finished_chunk(ray_session, tmp_path):
+    from lychee_rerank.scale_out import rank_on_ray
+
+    images = make_folder(tmp_path / "photos", 6)
+    handler = signal.getsignal(signal.SIGINT)
+
+    def interrupt(event):
+        if event.done:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C; a second one changes nothing
+
+    run = rank_on_ray(demo_settings(), images, workers=2, chunk_size=1, out_dir=tmp_path / "out", progress=interrupt)
+    assert run.signal == signal.SIGINT and run.ranking.cancelled
+    done = shard_names(tmp_path / "out")
+    assert 0 < len(done) < len(images) and set(done.values()) == {1}
+    assert [r.name for r in run.ranking.results] == images
+    assert {r.name for r in run.ranking.pending} == set(images) - set(done)
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler is back
+
+
+def damage(shard: Path, how: str) -> None:
+    data = shard.read_bytes()
+    if how == "truncated":  # a crash or a full disk before the end reached the disk
+        shard.write_bytes(data[: len(data) // 2])
+    else:  # one byte changed inside a page: it reads without error unless the checksum is verified
+        at = data.index(b"photo")
+        shard.write_bytes(data[:at] + b"Photo" + data[at + 5:])
+
+
+def test_an_unreadable_shard_is_set_aside_and_its_images_scored_again_exactly_once(ray_session, tmp_path):
+    from lychee_rerank.scale_out import rank_on_ray
+    from lychee_rerank.scale_out.shards import SHARD_SCHEMA, ShardStore
+
+    images = make_folder(tmp_path / "photos", 6)
+    out, shards = tmp_path / "out", tmp_path / "out" / "shards"
+    store = ShardStore(out)
+    store.open(demo_settings(), resume=False)
+    for names in (images[:2], images[2:4], images[4:5]):  # an earlier run's shards, one at a time
+        rows = [{"name": name, "score": 0.5, "mode": "batched", "demo_model": True} for name in names]
+        store.write(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
+    kept, truncated, flipped = sorted(shards.glob("*.parquet"))  # named by time: in the order written
+    damage(truncated, "truncated")
+    damage(flipped, "flipped")
+
+    before, damaged, totals, notices = set(shards.iterdir()), [], [], []
+
+    def damage_a_new_shard(event):
+        # One shard of this run damaged before the end: found when the outputs are built.
+        totals.append(event.total)
+        new = sorted(set(shards.glob("*.parquet")) - before)
+        if new and not damaged:
+            damage(new[0], "truncated")
+            damaged.append(new[0])
+
+    run = rank_on_ray(demo_settings(), images, workers=2, chunk_size=1, out_dir=out, resume=True,
+                      progress=damage_a_new_shard, notice=notices.append)
+    set_aside = [Path(str(path) + ".corrupt") for path in (truncated, flipped, *damaged)]
+    assert all(path.is_file() for path in set_aside) and not truncated.exists() and not flipped.exists()
+    assert len(notices) == 3 and all(str(path) in notice for path, notice in zip(set_aside, notices))
+    # The two unreadable shards' images were scored again, the kept shard's were not.
+    assert totals[0] == len(images) - 2 and run.already_done == 2
+    lost = set(images) - set(shard_names(out))
+    assert shard_names(out) == collections.Counter({name: 1 for name in set(images) - lost}) and len(lost) == 1
+    assert {r.name for r in run.ranking.pending} == lost and str(set_aside[2]) in run.ranking.error
+    assert {r.name: r.score for r in run.ranking.results if r.name in images[:2]} == dict.fromkeys(images[:2], 0.5)
 
 
 def test_a_model_that_cannot_load_is_one_sentence(ray_session, tmp_path):
