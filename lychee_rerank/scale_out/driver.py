@@ -33,7 +33,7 @@ from ..loading import ModelLoadError
 from ..results import ImageResult, Progress, Ranking
 from ..settings import RunSettings
 from .replica import Replica, is_uri
-from .shards import RESULT_COLUMNS, ShardStore
+from .shards import RESULT_COLUMNS, ShardStore, first_line
 
 INSTALL_HINT = "pip install -r requirements-ray.txt"
 # Images per replica call: the unit of progress, of shards, and of work lost when a replica dies.
@@ -91,7 +91,7 @@ def connect(ray, address: str) -> bool:
         with _native_stderr_silenced():
             ray.init(**options)
     except Exception as exc:  # unreachable address, no cluster running, version mismatch...
-        raise ScaleOutError(f"cannot start or reach Ray at {address!r}: {_first_line(exc)}") from exc
+        raise ScaleOutError(f"cannot start or reach Ray at {address!r}: {first_line(exc)}") from exc
     finally:
         for signum, handler in handlers.items():  # the caller's again (see the module's docstring)
             if handler is not None:
@@ -156,7 +156,7 @@ def manifest_entries(ray, manifest: str, notice: Callable[[str], None]) -> list[
     except InputError:
         raise
     except Exception as exc:  # unreadable file or format
-        raise InputError(f"cannot read the manifest {manifest}: {_first_line(_root_cause(exc))}") from None
+        raise InputError(f"cannot read the manifest {manifest}: {first_line(_root_cause(exc))}") from None
     values = [value for table in tables for value in table.column("name").to_pylist()]
     entries = [str(value).strip(ENTRY_WHITESPACE) for value in values if value is not None]
     kept = [entry for entry in entries if entry]
@@ -177,11 +177,6 @@ def _root_cause(exc: BaseException) -> BaseException:
             break
         exc = inner
     return exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def rank_on_ray(
@@ -342,13 +337,13 @@ class _Run:
         except Exception as exc:  # Ray wraps the replica's error: report the user-level one
             cause = _root_cause(exc)
             if isinstance(cause, (ModelLoadError, InputError)):  # Ray Data appends lines of its own
-                raise type(cause)(_first_line(cause)) from None
-            raise ScaleOutError(f"the Ray run stopped: {_first_line(cause)}") from exc
+                raise type(cause)(first_line(cause)) from None
+            raise ScaleOutError(f"the Ray run stopped: {first_line(cause)}") from exc
         finally:
             batches.close()  # stops the pipeline now: chunks in flight are dropped, not written
 
 
-def _ranking(table, names: list[str], settings: RunSettings, run: _Run, lost) -> Ranking:
+def _ranking(table, names: list[str], settings: RunSettings, run: _Run, lost: list[Path]) -> Ranking:
     """Every row in the shards, as results in input order: the run's inputs first (those without a
     row are pending), then rows of other inputs (an earlier run's) by name."""
     rows = table.to_pylist()

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from .shards import REPLICA_SCHEMA, RESULT_COLUMNS
+from .shards import REPLICA_SCHEMA, RESULT_COLUMNS, first_line
 
 # Threads per replica fetching URI inputs (object stores answer slowly, one file at a time).
 FETCH_THREADS = 16
@@ -54,7 +54,7 @@ class Replica:
         try:
             return fetch(name), None
         except (OSError, ValueError, pa.ArrowException) as exc:
-            return None, f"cannot read {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            return None, f"cannot read {name}: {first_line(exc)}"
 
     def __call__(self, chunk: pa.Table) -> pa.Table:
         if self.load_error is not None:

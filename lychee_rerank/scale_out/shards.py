@@ -45,6 +45,12 @@ SETTINGS_FILE = "run.json"
 SET_ASIDE_SUFFIX = ".corrupt"  # an unreadable shard's new name ends so: no longer a *.parquet shard
 
 
+def first_line(exc: BaseException) -> str:
+    """An error in one line: its message's first line, or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class OutDirError(ValueError):
     """--out DIR cannot be used for this run; the message is one sentence."""
 
@@ -110,7 +116,7 @@ class ShardStore:
             self._read([path])
             return True
         except (pa.ArrowException, OSError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
         aside = path.with_name(path.name + SET_ASIDE_SUFFIX)
         try:
             os.replace(path, aside)
