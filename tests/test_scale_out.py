@@ -1,5 +1,6 @@
-"""Scale-out on Ray (local Ray, 2 CPUs, the demo model): every image exactly once, the single-process
-scores, a replica killed mid-run, resume after an interruption, Ctrl-C, manifests, one-sentence errors."""
+"""Scale-out on Ray (a local Ray, the demo model): every image exactly once, the single-process scores
+for the same settings (8-bit, fast preprocessing), a replica killed mid-run, resume after an
+interruption, SIGTERM and SIGINT, damaged shards set aside, manifests, one-sentence errors."""
 
 from __future__ import annotations
 
