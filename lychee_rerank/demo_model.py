@@ -60,14 +60,15 @@ _CORPUS = [
 ]
 
 
-def demo_cache_root() -> Path:
-    """Where demo checkpoints are built: $LYCHEE_CACHE, else ~/.cache/lychee-rerank."""
+def cache_root() -> Path:
+    """The product's own cache folder (the demo checkpoint, the vision-feature cache): $LYCHEE_CACHE,
+    else ~/.cache/lychee-rerank."""
     return Path(os.environ.get("LYCHEE_CACHE") or Path.home() / ".cache" / "lychee-rerank")
 
 
 def demo_cache_dir() -> Path:
     """Where the demo checkpoint lives."""
-    return demo_cache_root() / f"demo-model-v{DEMO_VERSION}"
+    return cache_root() / f"demo-model-v{DEMO_VERSION}"
 
 
 def is_demo_checkpoint(path: str | os.PathLike) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from typing import Callable, Sequence
@@ -17,10 +18,11 @@ from .execution import (
     run_sequential,
 )
 from .checks import InputError, check_text, load_query_image
+from .feature_cache import CacheUnavailable, FeatureCache, RunCache, default_cache_dir, vision_identity
 from .images import ImageError, ImageSource, probe_image, source_name
 from .loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelInfo, ModelLoadError, load_model
 from .pipeline import RowFeeder, available_cpus
-from .results import ImageResult, Progress, Ranking
+from .results import ImageResult, Progress, Ranking, cache_counts
 from .settings import ModelSettings, RunSettings
 from .scoring import PairScorer, PlannedImage, QueryTooLongError
 
@@ -52,6 +54,8 @@ class Reranker:
         self.model_settings = model_settings or ModelSettings.build(info.name, dtype=info.dtype)
         self._turns = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()  # the head holds the device
+        self._identity: str | None = None  # the vision tower's, for the feature cache ("" if unusable)
+        self._identity_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -106,6 +110,7 @@ class Reranker:
         token_budget: int | None = None,
         preprocess: str = "exact",
         workers: int | None = None,
+        cache: bool | str | os.PathLike | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopFlag | None = None,
     ) -> Ranking:
@@ -115,11 +120,15 @@ class Reranker:
         ``progress`` is called after every image or batch, with the results just finished;
         ``should_stop`` is polled between forwards and stops the run early, keeping what is done.
         ``preprocess``: "exact" (the model card's image path) or "fast" (JPEG draft decoding);
-        ``workers``: preprocessing threads (default: the CPUs this process may use).
+        ``workers``: preprocessing threads (default: the CPUs this process may use);
+        ``cache``: the vision-feature cache -- off (None, the default), True (its default folder,
+        ``$LYCHEE_CACHE/features``) or a folder.
         """
+        cache_dir = default_cache_dir() if cache is True else (cache or None)
         settings = self.settings(
             query, query_image=query_image, instruction=instruction, mode=mode, max_pixels=max_pixels,
             min_pixels=min_pixels, token_budget=token_budget, preprocess=preprocess, workers=workers,
+            cache_dir=cache_dir,
         )
         return self.run(settings, images, names=names, progress=progress, should_stop=should_stop)
 
@@ -154,6 +163,7 @@ class Reranker:
         ]
         used_mode = "sequential" if settings.mode == "sequential" else "batched"
         if not self._acquire(notify, stop, len(images)):
+            scorer.close()
             return self._ranking(settings, results, used_mode, 0.0, cancelled=True)
         start = time.perf_counter()  # ranking time only: waiting in the queue does not count
         cancelled, error = False, None
@@ -165,7 +175,9 @@ class Reranker:
                 for result in new:
                     results[result.index] = result
                 elapsed, rate, eta = clock.advance(len(new), work)
-                notify(Progress(clock.done, clock.total, elapsed, rate, eta, tuple(new), batch_size, budget))
+                hits, misses = cache_counts(results)
+                notify(Progress(clock.done, clock.total, elapsed, rate, eta, tuple(new), batch_size, budget,
+                                cache_hits=hits, cache_misses=misses))
 
             notify(Progress(0, len(images), 0.0, 0.0, None))  # started: no longer waiting
             if unreadable:
@@ -187,6 +199,7 @@ class Reranker:
             log.debug("ranking stopped by an unexpected error", exc_info=True)  # for whoever enables logging
             error = describe_error(exc)
         finally:
+            scorer.close()  # the feature cache's writes are done: part of the ranking time
             self._release()
         return self._ranking(settings, results, used_mode, time.perf_counter() - start, cancelled, error)
 
@@ -199,14 +212,17 @@ class Reranker:
         planned, _ = self._plan(scorer, images, results)
         order = sorted(planned, key=lambda i: (-i.sequence_tokens, i.index))
         prepared = 0
-        with RowFeeder(order, scorer.prepare_row, settings.workers or available_cpus()) as feeder:
-            for item in order:
-                try:
-                    feeder.get(item)
-                    prepared += 1
-                except Exception:  # counted as not prepared; rank() reports why
-                    pass
-                feeder.release(item)
+        try:
+            with RowFeeder(order, scorer.prepare_row, settings.workers or available_cpus()) as feeder:
+                for item in order:
+                    try:
+                        feeder.get(item)
+                        prepared += 1
+                    except Exception:  # counted as not prepared; rank() reports why
+                        pass
+                    feeder.release(item)
+        finally:
+            scorer.close()
         return prepared
 
     # -- internals ------------------------------------------------------------------------------
@@ -219,13 +235,43 @@ class Reranker:
         check_text("the query", settings.query, special)
         check_text("the instruction", settings.instruction, special)
         query_picture = None if settings.query_image is None else load_query_image(settings.query_image.data)
+        cache = self._run_cache(settings)
         try:
             return PairScorer(
                 self.model, self.processor, settings.query, settings.instruction, query_picture,
-                settings.min_pixels, settings.max_pixels, settings.preprocess,
+                settings.min_pixels, settings.max_pixels, settings.preprocess, cache=cache,
+                query_image_bytes=None if settings.query_image is None else settings.query_image.data,
             )
         except QueryTooLongError as exc:
+            if cache is not None:
+                cache.close()
             raise InputError(str(exc)) from None
+
+    def _run_cache(self, settings: RunSettings) -> RunCache | None:
+        """The run's feature cache, or None when off. A folder that cannot be used is a bad setting
+        (InputError); a model whose vision tower cannot be identified runs without the cache."""
+        if settings.cache_dir is None:
+            return None
+        try:
+            store = FeatureCache(settings.cache_dir)
+        except CacheUnavailable as exc:
+            raise InputError(str(exc)) from None
+        identity = self.vision_identity()
+        if identity is None:
+            return None
+        return RunCache(store, identity, settings.min_pixels, settings.max_pixels, settings.preprocess)
+
+    def vision_identity(self) -> str | None:
+        """The digest of the loaded vision tower that the feature cache keys on (computed once), or
+        None when it cannot be read (its weights offloaded): the cache is then not used."""
+        with self._identity_lock:
+            if self._identity is None:
+                try:
+                    self._identity = vision_identity(self.model, self.processor)
+                except CacheUnavailable as exc:
+                    log.warning("the feature cache is not used: %s", exc)
+                    self._identity = ""
+        return self._identity or None
 
     def _plan(self, scorer: PairScorer, images, results) -> tuple[list[PlannedImage], list[ImageResult]]:
         """Read each file's header: its size and token cost, or its error."""
@@ -308,6 +354,7 @@ def _to_result(outcome: Outcome) -> ImageResult:
         model_height=row.model_size[1] if row else None,
         visual_tokens=row.visual_tokens if row else item.visual_tokens,
         error=outcome.error,
+        cached=row.cached if row else None,
     )
 
 

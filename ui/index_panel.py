@@ -18,7 +18,7 @@ import streamlit as st
 
 from lychee_rerank import ImageResult
 from lychee_rerank.confine import DataFile
-from lychee_rerank.demo_model import demo_cache_root
+from lychee_rerank.demo_model import cache_root
 from lychee_rerank.retrieval import DEFAULT_K, Embedder, Index, IndexStoreError, default_embedder, update_index
 from lychee_rerank.retrieval.store import key_of
 
@@ -38,7 +38,7 @@ def index_dir(root: Path) -> Path:
     if configured:
         return Path(configured).expanduser()
     digest = hashlib.blake2b(str(root).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-    return demo_cache_root() / f"library-index-{digest}"
+    return cache_root() / f"library-index-{digest}"
 
 
 @st.cache_resource(show_spinner=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..demo_model import build_once, demo_cache_root
+from ..demo_model import build_once, cache_root
 
 DEMO_EMBEDDER_VERSION = 1
 DEMO_EMBEDDER_MARKER = "lychee_demo_embedder.json"
@@ -26,7 +26,7 @@ _CORPUS = [
 
 
 def demo_embedder_dir() -> Path:
-    return demo_cache_root() / f"demo-embedder-v{DEMO_EMBEDDER_VERSION}"
+    return cache_root() / f"demo-embedder-v{DEMO_EMBEDDER_VERSION}"
 
 
 def is_demo_embedder(path) -> bool:
