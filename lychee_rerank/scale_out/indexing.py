@@ -30,7 +30,8 @@ from ..retrieval.indexing import (
 )
 from ..retrieval.store import Index
 from ..loading import ModelLoadError
-from .driver import ScaleOutError, _first_line, _root_cause, configure_ray_data, connect, require_ray
+from .driver import ScaleOutError, _root_cause, configure_ray_data, connect, require_ray
+from .shards import first_line
 
 CANDIDATE_FIELDS = tuple(f.name for f in dataclasses.fields(Candidate))
 CHUNK = 256  # files per replica call: the unit of progress, of commits, and of work a dead replica loses
@@ -122,8 +123,8 @@ def update_index_on_ray(
                 except Exception as exc:  # Ray wraps the replica's error: report the user-level one
                     cause = _root_cause(exc)
                     if isinstance(cause, ModelLoadError):
-                        raise ModelLoadError(_first_line(cause)) from None
-                    raise ScaleOutError(f"the Ray run stopped: {_first_line(cause)}") from exc
+                        raise ModelLoadError(first_line(cause)) from None
+                    raise ScaleOutError(f"the Ray run stopped: {first_line(cause)}") from exc
                 finally:
                     batches.close()
             finally:
