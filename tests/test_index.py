@@ -215,3 +215,21 @@ def test_indexing_on_ray_embeds_each_new_file_once_with_the_one_process_vectors(
     expected = embedder.embed_images(paths) @ query
     hits = {h.file: h.similarity for h in Index.open(index.directory).search(query, 9)}
     np.testing.assert_allclose([hits[p] for p in paths], expected, atol=1e-5)
+
+
+def test_an_ann_index_probing_every_partition_answers_like_the_exact_scan(tmp_path):
+    from lychee_rerank.retrieval import Index
+    from lychee_rerank.retrieval.store import row
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((400, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = Index.create(tmp_path / "index", embedder="synthetic", dim=16, root=str(tmp_path))
+    with index.writing():
+        index.put([row(f"d/{i}.jpg", f"d/{i}.jpg", None, 1, 1, v) for i, v in enumerate(vectors)])
+    queries = vectors[:3] + 0.1 * rng.standard_normal((3, 16)).astype(np.float32)
+    exact = [[h.path for h in index.search(q, 10)] for q in queries]
+    index.build_ann()
+    assert Index.open(index.directory).meta["ann"] == "IVF_FLAT" and index.meta["nprobes"] >= 1
+    partitions = round(400 ** 0.5)
+    assert [[h.path for h in index.search(q, 10, nprobes=partitions)] for q in queries] == exact

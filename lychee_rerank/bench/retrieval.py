@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..retrieval.store import ANN_NPROBES
 
 
 def _load() -> str:
@@ -84,9 +83,9 @@ def bench_store(sizes: list[int], dim: int, k: int, queries: int, ann: bool, fol
                 trained = time.perf_counter() - start
                 print(f"{'':>9}  IVF_FLAT built in {trained:.1f} s ({_load()})")
                 for nprobes in probes:
-                    approximate, found = _latency(index, probe, k, nprobes=nprobes)
+                    approximate, found = _latency(index, probe, k, nprobes=nprobes or None)
                     recall = statistics.mean(len(a & b) / k for a, b in zip(found, truth))
-                    print(f"{'':>9}  IVF_FLAT, {nprobes} partitions probed: search {approximate * 1000:.0f} ms; "
+                    print(f"{'':>9}  IVF_FLAT, {nprobes or index.meta['nprobes']} partitions probed: search {approximate * 1000:.0f} ms; "
                           f"recall@{k} vs exact {recall:.3f} ({_load()})")
 
 
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     store.add_argument("--queries", type=int, default=6)
     store.add_argument("--ann", action="store_true", help="also build and measure the ANN index below the threshold")
     store.add_argument("--dir", help="where to write the tables (default: the temporary folder)")
-    store.add_argument("--nprobes", default=str(ANN_NPROBES), help="comma-separated partitions to probe (ANN)")
+    store.add_argument("--nprobes", default="0", help="comma-separated partitions to probe (ANN; 0: the index's own choice)")
     build = parts.add_parser("build", help="index build rate: CPU side, model side, whole update")
     build.add_argument("--images", type=int, default=64)
     build.add_argument("--embedder", default="demo")
