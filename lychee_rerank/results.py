@@ -24,6 +24,7 @@ class ImageResult:
     model_height: int | None = None
     visual_tokens: int | None = None
     error: str | None = None
+    tokens: int | None = None  # the model's input for this pair: prompt, query (image) and this image
 
     @property
     def status(self) -> str:
