@@ -35,16 +35,18 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: bool = True) -> None:
-    """The arguments a RunSettings is built from (settings_from_args)."""
+def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: bool = True, query: bool = True) -> None:
+    """The arguments a RunSettings is built from (settings_from_args); ``query=False`` for a
+    command whose queries come later (the service: each request brings its own)."""
     from ..execution import MODES
     from ..loading import DTYPES
     from ..preprocess import PREPROCESS_MODES
     from ..quantization import QUANTIZE_MODES
 
-    parser.add_argument("--query", "-q", required=query_required,
-                        help="the query: Chinese, English or both (may be blank with --query-image)")
-    parser.add_argument("--query-image", metavar="PATH", help="an image that is part of the query")
+    if query:
+        parser.add_argument("--query", "-q", required=query_required,
+                            help="the query: Chinese, English or both (may be blank with --query-image)")
+        parser.add_argument("--query-image", metavar="PATH", help="an image that is part of the query")
     parser.add_argument("--instruction", help="the task instruction (the model is instruction-aware)")
     parser.add_argument("--model", help="hub id, local directory, or 'demo' (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
     parser.add_argument("--mode", choices=MODES, default="auto", help="auto = adaptive batching; sequential = memory-safe")
@@ -56,15 +58,18 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: b
                         help="exact = the model card's image path (default); fast = large JPEGs decoded at a reduced scale")
 
 
-def settings_from_args(args: argparse.Namespace):
-    """The run's one RunSettings, checked (UsageError, one sentence) before any model loads."""
+def settings_from_args(args: argparse.Namespace, **more):
+    """The run's one RunSettings, checked (UsageError, one sentence) before any model loads.
+    ``more``: further RunSettings fields (a command's own options, the service's stand-in query)."""
     from ..checks import InputError
     from ..settings import RunSettings
 
+    fields = {"query": getattr(args, "query", None), "query_image": getattr(args, "query_image", None), **more}
     try:
         return RunSettings.build(
-            args.query, model=args.model, dtype=args.dtype, quantize=args.quantize, instruction=args.instruction,
-            query_image=args.query_image, max_pixels=args.max_pixels, preprocess=args.preprocess, mode=args.mode,
+            fields.pop("query"), model=args.model, dtype=args.dtype, quantize=args.quantize,
+            instruction=args.instruction, max_pixels=args.max_pixels, preprocess=args.preprocess, mode=args.mode,
+            **fields,
         )
     except InputError as exc:
         raise UsageError(str(exc)) from None
