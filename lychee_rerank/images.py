@@ -24,7 +24,9 @@ from typing import BinaryIO, Iterator, Union
 
 from PIL import Image, UnidentifiedImageError, features
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
+# A path, bytes, a file object, a decoded image, or an object whose ``open()`` returns a binary file
+# or raises ImageError (lychee_rerank.confine.DataFile: a server file checked where it is opened).
+ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image, object]
 
 # Qwen's resize (smart_resize) refuses aspect ratios above 200; wider strips are padded up to this.
 MAX_ASPECT_RATIO = 200
@@ -188,6 +190,9 @@ def _open_file(path: str) -> BinaryIO:
 def _file_object(source: ImageSource) -> BinaryIO:
     if isinstance(source, (str, os.PathLike)):
         return _open_file(os.fspath(source))
+    opener = getattr(source, "open", None)
+    if callable(opener):  # a source that checks where it is opened (lychee_rerank.confine.DataFile)
+        return opener()
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:

@@ -227,7 +227,8 @@ def _current_settings(query_image: QueryImage | None, outcome) -> tuple[RunSetti
     try:
         return RunSettings.build(
             st.session_state.get("query") or "",
-            model=ModelSettings(outcome.name, outcome.dtype, outcome.quantize),
+            # the loaded reranker's own settings: a run can only ever be for the model that scores it
+            model=outcome.reranker.model_settings if outcome.reranker else ModelSettings(outcome.name, outcome.dtype, outcome.quantize),
             instruction=st.session_state.get("instruction"),
             query_image=picture,
             max_pixels=int(tokens) * PIXELS_PER_TOKEN,

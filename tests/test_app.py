@@ -27,6 +27,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_fixtures import encode, scene
 from lychee_rerank import ImageResult, Progress, Ranking, Reranker, gpu, ranked
+from lychee_rerank.confine import DataFile
 from lychee_rerank.gpu import GpuReading
 from lychee_rerank.inputs import FoundImages
 from ui import media, sources
@@ -57,15 +58,15 @@ def downloads(monkeypatch):
 
 @pytest.fixture
 def rank_calls(monkeypatch):
-    """Reranker.rank, wrapped to record how many images each call was given."""
+    """Reranker.run, wrapped to record how many images each call was given."""
     calls: list[int] = []
-    original = Reranker.rank
+    original = Reranker.run
 
-    def counting(self, query, images, **kwargs):
+    def counting(self, settings, images, **kwargs):
         calls.append(len(images))
-        return original(self, query, images, **kwargs)
+        return original(self, settings, images, **kwargs)
 
-    monkeypatch.setattr(Reranker, "rank", counting)
+    monkeypatch.setattr(Reranker, "run", counting)
     return calls
 
 
@@ -133,7 +134,7 @@ def test_rank_three_images_gallery_table_and_csv(app, downloads, rank_calls):
     assert [row["file"] for row in rows] == [n for _, _, n in gallery]
     assert [row["rank"] for row in rows] == ["1", "2", "3"]
     assert [float(row["score"]) for row in rows] == sorted((float(r["score"]) for r in rows), reverse=True)
-    assert '"is_demo": true' in downloads["lychee-ranking.json"].decode("utf-8")
+    assert '"demo_model": true' in downloads["lychee-ranking.json"].decode("utf-8")  # the CLI's schema
 
     app.segmented_control(key="view_as__en").set_value("table").run()
     table = table_with(app, "preview")
@@ -178,9 +179,9 @@ def test_filters_do_not_rescore(app, rank_calls):
 
 
 def test_stop_keeps_results_and_resume_ranks_only_the_rest(app, monkeypatch, rank_calls):
-    original = Reranker.rank  # rank_calls' counting wrapper
+    original = Reranker.run  # rank_calls' counting wrapper
 
-    def stop_after_first_image(self, query, images, **kwargs):
+    def stop_after_first_image(self, settings, images, **kwargs):
         if len(rank_calls) == 0:  # the first run: press Stop once the first image is done
             progress, seen = kwargs["progress"], []
 
@@ -189,9 +190,9 @@ def test_stop_keeps_results_and_resume_ranks_only_the_rest(app, monkeypatch, ran
                 seen.extend(event.new_results)
 
             kwargs["progress"], kwargs["should_stop"] = spy, lambda: bool(seen)
-        return original(self, query, images, **kwargs)
+        return original(self, settings, images, **kwargs)
 
-    monkeypatch.setattr(Reranker, "rank", stop_after_first_image)
+    monkeypatch.setattr(Reranker, "run", stop_after_first_image)
     app.radio(key="mode__en").set_value("sequential").run()
     rank(app, photos(3))
     run = app.session_state["run"]
@@ -248,7 +249,7 @@ def test_a_failing_run_is_one_sentence(app, monkeypatch):
     def explode(self, *args, **kwargs):
         raise RuntimeError("CUDA error: device-side assert triggered\nTraceback (most recent call last): ...")
 
-    monkeypatch.setattr(Reranker, "rank", explode)
+    monkeypatch.setattr(Reranker, "run", explode)
     rank(app, photos(2))
     errors = [e.value for e in app.error]
     assert errors == ["The run failed: CUDA error: device-side assert triggered."]
@@ -466,8 +467,8 @@ def test_server_folder_is_ranked_from_disk_without_upload(data_dir, app, downloa
     wait_for_run(app)
     run = app.session_state["run"]
     assert rank_calls == [3]
-    # nothing copied into the session: every image is a path inside the data folder
-    assert all(isinstance(item.source, str) and item.source.startswith(str(data_dir)) for item in run.items)
+    # nothing copied into the session: every image is a file inside the data folder, checked where opened
+    assert all(isinstance(item.source, DataFile) and item.source.path.startswith(str(data_dir)) for item in run.items)
     assert sorted(n for _, _, n in cards(app)) == ["photos/2024/c.webp", "photos/a.png", "photos/b.jpg"]
     assert sorted(row["file"] for row in csv_rows(downloads)) == ["photos/2024/c.webp", "photos/a.png", "photos/b.jpg"]
 
@@ -608,13 +609,13 @@ def test_a_run_whose_session_is_gone_stops_and_keeps_what_is_done(reranker):
 def test_the_live_panel_shows_the_place_in_the_queue(app, monkeypatch):
     release = threading.Event()
 
-    def queued(self, query, images, **kwargs):
+    def queued(self, settings, images, **kwargs):
         kwargs["progress"](Progress(0, len(images), 0.0, 0.0, None, waiting=True, queue_position=3))
         release.wait(10)
         return Ranking(query, "", tuple(ImageResult(i, n) for i, n in enumerate(kwargs["names"])), "batched", 0.0,
                        cancelled=True)
 
-    monkeypatch.setattr(Reranker, "rank", queued)
+    monkeypatch.setattr(Reranker, "run", queued)
     app.text_input(key="query").set_value(QUERY)
     app.file_uploader(key="files_upload").set_value(photos(2))
     app.button(key="rank_button").click().run()
@@ -631,14 +632,14 @@ def test_the_live_panel_shows_the_place_in_the_queue(app, monkeypatch):
 
 
 def test_an_error_that_stops_a_run_keeps_its_results_and_offers_resume(app, monkeypatch):
-    original = Reranker.rank
+    original = Reranker.run
 
-    def fails_after_first(self, query, images, **kwargs):
-        ranking = original(self, query, images[:1], names=kwargs.pop("names")[:1], **kwargs)
+    def fails_after_first(self, settings, images, **kwargs):
+        ranking = original(self, settings, images[:1], names=kwargs.pop("names")[:1], **kwargs)
         results = ranking.results + tuple(ImageResult(i, f"photo_{i}.png") for i in range(1, len(images)))
         return dataclasses.replace(ranking, results=results, error="CUDA error: an illegal memory access")
 
-    monkeypatch.setattr(Reranker, "rank", fails_after_first)
+    monkeypatch.setattr(Reranker, "run", fails_after_first)
     rank(app, photos(3))
     assert [e.value for e in app.error] == ["The run failed: CUDA error: an illegal memory access."]
     assert len(cards(app)) == 1  # the finished result is shown
@@ -711,13 +712,13 @@ def test_a_thin_strip_has_a_visible_thumbnail():
 
 def test_the_fast_preprocessing_setting_reaches_the_engine_and_marks_old_results(app, monkeypatch):
     asked = []
-    original = Reranker.rank
+    original = Reranker.run
 
-    def recording(self, query, images, **kwargs):
-        asked.append(kwargs.get("preprocess"))
-        return original(self, query, images, **kwargs)
+    def recording(self, settings, images, **kwargs):
+        asked.append(settings.preprocess)
+        return original(self, settings, images, **kwargs)
 
-    monkeypatch.setattr(Reranker, "rank", recording)
+    monkeypatch.setattr(Reranker, "run", recording)
     rank(app, photos(2))
     app.radio(key="preprocess__en").set_value("fast").run()
     assert any("the preprocessing" in w.value for w in app.warning)  # the shown scores used "exact"

@@ -45,8 +45,8 @@ def test_zip_holds_the_original_bytes_of_files_and_uploads(tmp_path):
     sources = {0: on_disk, 1: upload}
 
     buffer = io.BytesIO()
-    count = write_zip(buffer, entries(ranked, lambda r: sources[r.index]))
-    assert count == 2
+    report = write_zip(buffer, entries(ranked, lambda r: sources[r.index]))
+    assert report.written == 2 and not report.skipped
     with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
         assert archive.namelist() == ["001_photo.jpg", "002_scan.bmp"]
         assert archive.read("001_photo.jpg") == on_disk.read_bytes()
@@ -69,3 +69,14 @@ def test_a_large_file_is_streamed_not_read_whole(tmp_path):
     assert peak < 8 << 20, f"peak Python allocation {peak / 1e6:.1f} MB for a 40 MB file"
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert archive.getinfo("001_big.png").file_size == big.stat().st_size
+
+
+def test_a_file_removed_before_the_zip_is_listed_inside_it_and_the_rest_is_kept(tmp_path):
+    kept, gone = tmp_path / "kept.jpg", tmp_path / "gone.jpg"
+    kept.write_bytes(b"\xff\xd8kept")
+    buffer = io.BytesIO()
+    report = write_zip(buffer, entries([result(1, "kept.jpg", 0), result(2, "gone.jpg", 1)], lambda r: [kept, gone][r.index]))
+    assert report.written == 1 and report.skipped[0][0] == "002_gone.jpg"
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        assert archive.read("001_kept.jpg") == b"\xff\xd8kept"
+        assert "002_gone.jpg: the file cannot be read" in archive.read("NOT_INCLUDED.txt").decode()

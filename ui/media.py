@@ -16,7 +16,6 @@ import mimetypes
 import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Callable, Sequence
 
 import streamlit as st
@@ -225,5 +224,4 @@ def original_bytes(item: Item) -> bytes | Callable[[], bytes]:
     """For st.download_button: an upload's bytes as they are; a server file is read on click only."""
     if isinstance(item.source, (bytes, bytearray)):
         return item.source
-    path = Path(item.source)
-    return path.read_bytes
+    return item.source.read_bytes  # checked where it is opened (ImageError for a link out of the data folder)

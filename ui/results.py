@@ -9,6 +9,7 @@ or of the rows selected in the table, named by rank.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -36,6 +37,7 @@ PER_PAGE_OPTIONS = (20, 40, 80, 160)
 TABLE_PREVIEW_ROWS = 300
 # A ZIP is built in the server's memory before it is sent; beyond this, fewer images must be chosen.
 ZIP_LIMIT_BYTES = 1_000_000_000
+log = logging.getLogger("lychee_rerank.app")
 STYLE = Path(__file__).with_name("style.css")
 
 
@@ -200,7 +202,9 @@ def zip_maker(run: Run, chosen: Sequence[ImageResult]) -> Callable[[], bytes]:
 
     def build() -> bytes:
         with tempfile.TemporaryFile(prefix="lychee-zip-") as spool:
-            archive.write_zip(spool, chosen_entries)
+            report = archive.write_zip(spool, chosen_entries)  # unreadable files: listed inside the ZIP
+            if report.skipped:
+                log.warning("ZIP: %d file(s) left out: %s", len(report.skipped), report.skipped[:5])
             spool.seek(0)
             return spool.read()
 

@@ -2,7 +2,7 @@
 
 Photos that already sit on the GPU server are ranked where they are: the folder is searched with the
 engine's one folder rule (lychee_rerank.inputs.find_images), and each image is passed to the engine
-as a path, read from disk only when it is scored or shown. Without LYCHEE_DATA_DIR the option is not
+as a ``DataFile``, read from disk only when it is scored or shown, and checked where it is opened. Without LYCHEE_DATA_DIR the option is not
 offered; a folder outside it (also through a symbolic link) is refused in one sentence.
 """
 
@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lychee_rerank.confine import DataFile
 from lychee_rerank.inputs import InputPathError, find_images
 
 from .state import Item
@@ -91,7 +92,9 @@ def scan(folder: Path, root: Path) -> ServerImages:
         except OSError as exc:
             result.skipped.append((shown(path), f"cannot be read ({exc.strerror or exc})"))
             continue
-        result.items.append(Item(shown(path), _identity(real, stat), str(real)))
+        # Opened through a DataFile only: checked again where it is read (a link swapped in later
+        # that leads out of the data folder is never followed).
+        result.items.append(Item(shown(path), _identity(real, stat), DataFile(str(root), str(path), shown(path))))
         result.total_bytes += stat.st_size
     for path, reason in found.skipped:
         if not outside.reported(shown(path), result.skipped):

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from lychee_rerank import ImageResult, InputError, Progress, Ranking, Reranker, RunSettings
+from lychee_rerank.confine import DataFile
 
 log = logging.getLogger("lychee_rerank.app")
 
@@ -36,24 +36,22 @@ SESSION_KEY = "run"  # st.session_state[SESSION_KEY]: the session's Run (read by
 class Item:
     """One image to rank: its display name, an identity, and where its bytes are.
 
-    ``source`` is an upload's bytes (the very object Streamlit holds: never copied) or the path of a
-    file on the server (read when needed: scoring, a thumbnail, a download). ``digest`` is a content
+    ``source`` is an upload's bytes (the very object Streamlit holds: never copied) or a file on the
+    server as a ``DataFile`` (read when needed: scoring, a thumbnail, a download; checked where it is
+    opened). ``digest`` is a content
     hash for uploads, and a hash of path, size and modification time for server files; scores carry
     over between image sets by it.
     """
 
     name: str
     digest: str
-    source: bytes | str = field(repr=False, compare=False)
+    source: bytes | DataFile = field(repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
         if isinstance(self.source, (bytes, bytearray)):
             return len(self.source)
-        try:
-            return os.path.getsize(self.source)
-        except OSError:
-            return 0
+        return self.source.size()
 
 
 class Run:
