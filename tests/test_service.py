@@ -24,7 +24,7 @@ import requests
 import uvicorn
 
 from imagegen import encode, photo
-from lychee_rerank import ImageResult, Ranking, RunSettings
+from lychee_rerank import ImageError, ImageResult, Ranking, RunSettings
 from lychee_rerank.commands.serve import STAND_IN_QUERY
 from lychee_rerank.service import ServiceConfig, SourcePolicy, create_app
 from model_card import ModelCardScorer
@@ -218,6 +218,19 @@ def test_eight_concurrent_clients_are_all_answered_with_the_scores_each_gets_alo
 
 
 # -- documents and confinement ------------------------------------------------------------------
+def test_an_image_query_from_the_data_folder_scores_like_the_model_card(served, six_files, card):
+    pictures = [photo(70, 50, seed=7), photo(50, 90, seed=8)]
+    query = {"content": [{"type": "text", "text": "the same place"},
+                         {"type": "image_url", "image_url": {"url": six_files[1].name}}]}
+    body = httpx2.post(served.url + "/v1/rerank", timeout=120, json={
+        "query": query, "instruction": "Find photos of the same place.",
+        "documents": [data_uri(encode(p)) for p in pictures]}).json()
+    got = {r["index"]: r["relevance_score"] for r in body["results"]}
+    expected = card.scores("the same place", pictures, query_image=str(six_files[1]),
+                           instruction="Find photos of the same place.")
+    assert [got[0], got[1]] == pytest.approx(expected, abs=TOLERANCE)
+
+
 def test_a_file_in_the_data_folder_scores_like_its_bytes_and_a_link_out_of_it_is_refused(served, six_files):
     path = six_files[2]
     documents = [
@@ -369,6 +382,21 @@ def test_with_an_api_key_every_endpoint_but_health_and_metrics_needs_it():
         assert httpx2.get(url + "/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert httpx2.get(url + "/health").status_code == 200
         assert httpx2.get(url + "/metrics").status_code == 200
+
+
+def test_a_data_folder_file_reaches_the_engine_as_a_file_checked_where_it_is_opened(tmp_path):
+    (tmp_path / "cat.png").write_bytes(PNG)
+    engine = StandInReranker()
+    engine.release.set()
+    with live(stand_in_app(engine, sources=SourcePolicy(tmp_path.resolve()))) as url:
+        assert httpx2.post(url + "/v1/rerank", json={"query": "x", "documents": ["cat.png"]}).status_code == 200
+    [source] = engine.images
+    with source.open() as file:
+        assert file.read() == PNG
+    (tmp_path / "cat.png").unlink()  # swapped for a link out after the request was checked
+    (tmp_path / "cat.png").symlink_to("/etc/passwd")
+    with pytest.raises(ImageError, match="outside the data folder"):
+        source.open()
 
 
 @contextmanager

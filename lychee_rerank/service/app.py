@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..checks import InputError
+from ..images import ImageError
 from ..jobs import Job
 from ..settings import RunSettings
 from .metrics import CONTENT_TYPE, Metrics
@@ -41,7 +42,7 @@ from .protocol import (
     score_response,
 )
 from .scheduler import QueueFull, Scheduler
-from .sources import MIB, SourceError, SourcePolicy, image_bytes
+from .sources import MIB, SourceError, SourcePolicy, image_source
 
 DISCONNECT_POLL_S = 0.2
 OPEN_PATHS = frozenset({"/health", "/metrics"})  # readable without the API key, as vLLM leaves them
@@ -175,14 +176,20 @@ class Service:
         picture = None
         if call.query.image_url is not None:
             try:
-                picture = await image_bytes(call.query.image_url, self.config.sources, self.client)
+                picture = await image_source(call.query.image_url, self.config.sources, self.client)
             except SourceError as exc:
                 raise RequestError(f"the query image cannot be used: {exc}", param="query") from None
+
+        def build() -> RunSettings:
+            # A data-folder file is read here, through its confined open: settings hold the bytes.
+            data = picture if picture is None or isinstance(picture, bytes) else picture.read_bytes()
+            return self.template.replace(query=call.query.text, query_image=data, query_image_name="query image",
+                                         instruction=call.instruction or self.template.instruction)
+
         try:
-            return await anyio.to_thread.run_sync(lambda: self.template.replace(
-                query=call.query.text, query_image=picture, query_image_name="query image",
-                instruction=call.instruction or self.template.instruction,
-            ))
+            return await anyio.to_thread.run_sync(build)
+        except ImageError as exc:
+            raise RequestError(f"the query image cannot be used: {exc}", param="query") from None
         except InputError as exc:
             raise RequestError(str(exc), param="query") from None
 
@@ -190,7 +197,7 @@ class Service:
         if document.error is not None or document.data is not None:
             return
         try:
-            document.data = await image_bytes(document.url, self.config.sources, self.client)
+            document.data = await image_source(document.url, self.config.sources, self.client)
         except SourceError as exc:
             document.error = str(exc)
 

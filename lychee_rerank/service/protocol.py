@@ -48,7 +48,7 @@ class Document:
     index: int
     echo: dict  # what results[].document shows (vLLM's RerankDocument)
     url: str | None = None
-    data: bytes | None = None  # inline bytes (Jina's bare base64)
+    data: object = None  # the image: bytes, or a confined data-folder file (lychee_rerank.confine.DataFile)
     error: str | None = None
 
 

@@ -1,12 +1,13 @@
 """Where a document's image comes from: a ``data:`` URI (always), a file inside the data folder
 (``file://`` or a plain path, only when the operator set ``LYCHEE_DATA_DIR``), or an ``http(s)://``
-URL (only when the operator allowed it). Each becomes the image's bytes, or a ``SourceError`` whose
-message is one sentence about that document alone.
+URL (only when the operator allowed it). Each becomes bytes or a confined file, or a ``SourceError``
+whose message is one sentence about that document alone.
 
-Files are confined where they are opened: the name is resolved and checked, then the opened
-descriptor's own real path is checked again, so a link swapped in between the two cannot lead out
-of the data folder. Remote images have a size and a time limit, and redirects are followed by hand,
-to http(s) only (never to ``file:``).
+Files are confined where they are opened: the name is resolved and checked here, and the engine
+opens it as a ``lychee_rerank.confine.DataFile``, whose opened descriptor's own real path is checked
+again, so a link swapped in between cannot lead out of the data folder. Inline and remote images
+have a size limit (the data folder's files are the operator's own); remote ones a time limit too,
+and their redirects are followed by hand, to http(s) only (never to ``file:``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
+
+from ..confine import DataFile, inside
 
 MIB = 1024 * 1024
 REMOTE_SCHEMES = ("http", "https")
@@ -95,50 +97,17 @@ def data_uri(reference: str, limit: int) -> bytes:
     return data
 
 
-def _inside(path: str, root: Path) -> bool:
-    return path == str(root) or path.startswith(str(root).rstrip(os.sep) + os.sep)
-
-
-def read_confined(path: str, root: Path, limit: int) -> bytes:
-    """A regular file inside ``root``, read whole. The real path is checked before opening and the
-    opened descriptor's real path after: whatever the name led to at open time must be inside."""
-    shown = path
+def confined_file(path: str, root: Path) -> DataFile:
+    """A file inside ``root``, as the engine's confined source (``DataFile``: whatever the name leads
+    to when it is opened for scoring must lie inside). Checked here too, to name the problem: a path
+    outside the folder (also through a link) is refused without being opened."""
     candidate = Path(path).expanduser()
     full = candidate if candidate.is_absolute() else root / candidate
-    outside = f"{shown} is outside the data folder; only files inside it can be ranked"
-    if not _inside(os.path.realpath(full), root):
-        raise SourceError(outside)
-    try:
-        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise SourceError(f"there is no file {shown} in the data folder") from None
-    except PermissionError:
-        raise SourceError(f"{shown} cannot be read (permission denied)") from None
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{shown} cannot be opened ({getattr(exc, 'strerror', None) or exc})") from None
-    with os.fdopen(fd, "rb") as file:
-        if not _inside(_opened_path(fd, full), root):
-            raise SourceError(outside)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SourceError(f"{shown} is not a regular file")
-        if info.st_size > limit:
-            raise SourceError(f"{shown} is larger than {limit / MIB:g} MB, the most this service takes per image")
-        return file.read(limit + 1)[:limit]
-
-
-def _opened_path(fd: int, name: Path) -> str:
-    """The real path of an open descriptor (Linux: /proc/self/fd); elsewhere, the name's real path
-    if it still is the same file, else a path that is inside nothing."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        real = os.path.realpath(name)
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(real))
-        except OSError:
-            same = False
-        return real if same else "\0"
+    if not inside(os.path.realpath(full), os.path.realpath(root)):
+        raise SourceError(f"{path} is outside the data folder; only files inside it can be ranked")
+    if not os.path.isfile(full):
+        raise SourceError(f"there is no file {path} in the data folder")
+    return DataFile.under(root, full)
 
 
 def local_path(reference: str) -> str:
@@ -183,10 +152,9 @@ async def fetch_remote(url: str, policy: SourcePolicy, client) -> bytes:
     raise SourceError(f"{describe(url)} redirects more than {MAX_REDIRECTS} times")
 
 
-async def image_bytes(reference: str, policy: SourcePolicy, client=None) -> bytes:
-    """The bytes of the image a document names; SourceError (one sentence) when it cannot be had."""
-    import anyio
-
+async def image_source(reference: str, policy: SourcePolicy, client=None) -> bytes | DataFile:
+    """The image a document names, as bytes or a confined data-folder file; SourceError (one
+    sentence) when it cannot be had."""
     if not isinstance(reference, str) or not reference.strip():
         raise SourceError("the image URL is empty")
     reference = reference.strip()
@@ -207,5 +175,4 @@ async def image_bytes(reference: str, policy: SourcePolicy, client=None) -> byte
             f"{describe(reference)} is a file path, and this service reads no files (its operator can set "
             "LYCHEE_DATA_DIR to a folder of images); send the image as a data: URI"
         )
-    path = local_path(reference)
-    return await anyio.to_thread.run_sync(read_confined, path, policy.data_dir, policy.max_image_bytes)
+    return confined_file(local_path(reference), policy.data_dir)
