@@ -483,3 +483,46 @@ def test_serve_answers_with_the_api_key_from_the_environment_and_stops_on_sigter
     assert process.returncode == -signal.SIGTERM, stderr
     assert "serving demo on http://127.0.0.1:" in stderr
     assert "Traceback" not in stderr
+
+
+def test_ray_serve_puts_one_replica_on_each_gpu_and_asked_replicas_on_cpu():
+    from lychee_rerank.service.on_ray import RayServeError, replica_plan
+
+    assert replica_plan(4, None) == (4, 1)
+    assert replica_plan(4, 2) == (2, 1)
+    assert replica_plan(0, None) == (1, 0)
+    assert replica_plan(0, 3) == (3, 0)
+    with pytest.raises(RayServeError, match="the cluster has 2 GPUs"):
+        replica_plan(2, 3)
+
+
+def test_serve_on_ray_answers_a_vllm_style_client_with_the_clis_scores_and_stops_on_sigterm(six_files, cli_scores):
+    with free_socket() as probe:
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lychee_rerank", "serve", "--ray", "local", "--model", "demo", "--port", str(port)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "serve --ray did not start"
+            try:
+                if httpx2.get(url + "/health").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.2)
+        urls = [data_uri(path.read_bytes(), path.suffix[1:]) for path in six_files[:2]]
+        response = vllm_style_client(url, QUERY, urls)
+        assert response.status_code == 200, response.text
+        for result in response.json()["results"]:
+            expected = cli_scores[six_files[result["index"]].name]
+            assert result["relevance_score"] == pytest.approx(expected, abs=TOLERANCE)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "with Ray Serve (1 replica on CPU)" in stderr and "stopping on SIGTERM" in stderr
+    assert "Traceback" not in stderr and "INFO" not in stderr, stderr

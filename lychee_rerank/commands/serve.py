@@ -36,6 +36,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remote-timeout", type=float, default=10.0, metavar="S", help="seconds per remote image")
     parser.add_argument("--token-budget", type=positive_int, metavar="N",
                         help="tokens per forward (default: from the free GPU memory; one image on CPU)")
+    group = parser.add_argument_group("on Ray Serve (docs/service.md; needs requirements-ray.txt)")
+    group.add_argument("--ray", metavar="ADDRESS",
+                       help="serve on Ray Serve: 'local' (start Ray here), 'auto' or ray://HOST:10001")
+    group.add_argument("--replicas", type=positive_int, metavar="N",
+                       help="model replicas (default: one per GPU in the cluster; 1 on CPU)")
 
 
 def _data_dir() -> Path | None:
@@ -71,6 +76,14 @@ def run_serve(args: argparse.Namespace) -> int:
     policy = SourcePolicy(_data_dir(), args.allow_remote, args.max_image_mb * MIB, args.remote_timeout)
     _check_address(args.host, args.port)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    names = tuple(args.served_model_name or [settings.model.name])
+    config = ServiceConfig(names, api_key, args.max_documents, args.max_queue, sources=policy)
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        say(f"listening on {args.host} without an API key: whoever reaches it can use the model (--api-key)")
+    if args.ray:
+        return _serve_on_ray(args, settings, config)
+    if args.replicas:
+        raise UsageError("--replicas needs --ray ADDRESS (local, auto or ray://HOST:10001)")
 
     quiet_libraries()
     try:
@@ -81,14 +94,20 @@ def run_serve(args: argparse.Namespace) -> int:
     say(f"loaded {reranker.info.summary()}")
     if reranker.info.is_demo:
         say("demo model (random weights): the scores are meaningless")
-    names = tuple(args.served_model_name or [settings.model.name])
-    config = ServiceConfig(names, api_key, args.max_documents, args.max_queue, sources=policy)
     app = create_app(reranker, settings, config)
-    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        say(f"listening on {args.host} without an API key: whoever reaches it can use the model (--api-key)")
     say(f"serving {names[0]} on http://{args.host}:{args.port} (POST /v1/rerank, /score; GET /v1/models, /health, /metrics)")
 
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
     return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, settings, config) -> int:
+    from ..service.on_ray import RayServeError, serve_on_ray
+
+    try:
+        return serve_on_ray(args.ray, settings, config, args.host, args.port, args.replicas, say)
+    except RayServeError as exc:
+        say(str(exc))
+        return 1

@@ -205,7 +205,11 @@ class Service:
         """The job's Ranking; None when the client went away first (its work is then dropped)."""
         waiting = asyncio.wrap_future(future)
         while True:
-            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            try:
+                done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            except asyncio.CancelledError:  # a proxy (Ray Serve's) cancels a request whose client left
+                stop.set()
+                raise
             if done:
                 try:
                     return waiting.result()
