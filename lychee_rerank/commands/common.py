@@ -75,6 +75,30 @@ def settings_from_args(args: argparse.Namespace, **more):
         raise UsageError(str(exc)) from None
 
 
+def quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_reranker(model):
+    """The Reranker for ``model`` (a run's ModelSettings), its summary said on stderr; None when it
+    cannot be loaded (the reason said in one line)."""
+    from .. import ModelLoadError, Reranker
+
+    quiet_libraries()
+    try:
+        reranker = Reranker.load(model)
+    except ModelLoadError as exc:
+        say(str(exc))
+        return None
+    say(f"loaded {reranker.info.summary()}")
+    if reranker.info.is_demo:
+        say("demo model (random weights): the scores are meaningless")
+    return reranker
+
+
 def _unwritable(path: str) -> str | None:
     """Why an output file cannot be written, or None. Checked before the model loads."""
     if os.path.isdir(path):

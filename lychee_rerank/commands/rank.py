@@ -16,7 +16,9 @@ import sys
 import threading
 import time
 
-from .common import UsageError, check_outputs, find_inputs, print_ranking, say, settings_from_args, write_outputs
+from .common import (
+    UsageError, check_outputs, find_inputs, load_reranker, print_ranking, say, settings_from_args, write_outputs,
+)
 
 
 class Interrupted(BaseException):
@@ -63,13 +65,6 @@ class StopSignals:
         return 128 + (self.received or signal.SIGINT)
 
 
-def quiet_libraries() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def run_rank(args: argparse.Namespace) -> int:
     from ..scale_out import asked_for, run_rank_command  # scale-out on Ray: lychee_rerank/scale_out/
 
@@ -90,7 +85,7 @@ def _one_line(exc: BaseException) -> str:
 def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     from tqdm import tqdm
 
-    from .. import ImageResult, InputError, ModelLoadError, Ranking, Reranker
+    from .. import ImageResult, InputError, Ranking
 
     if not args.paths:
         raise UsageError("give image files or folders to rank (or --manifest FILE with --ray)")
@@ -99,15 +94,9 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     images = find_inputs(args.paths)
 
     signals.phase = "loading the model"
-    quiet_libraries()
-    try:
-        reranker = Reranker.load(settings.model)
-    except ModelLoadError as exc:
-        say(str(exc))
+    reranker = load_reranker(settings.model)
+    if reranker is None:
         return 1
-    say(f"loaded {reranker.info.summary()}")
-    if reranker.info.is_demo:
-        say("demo model (random weights): the scores are meaningless")
 
     bar = tqdm(total=len(images), unit="img", file=sys.stderr, dynamic_ncols=True)
     finished: dict[int, ImageResult] = {}

@@ -12,7 +12,7 @@ import os
 import socket
 from pathlib import Path
 
-from .common import UsageError, add_settings_arguments, positive_int, say, settings_from_args
+from .common import UsageError, add_settings_arguments, load_reranker, positive_int, say, settings_from_args
 
 API_KEY_ENV = "LYCHEE_API_KEY"
 DATA_DIR_ENV = "LYCHEE_DATA_DIR"
@@ -65,10 +65,8 @@ def _check_address(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .. import ModelLoadError, Reranker
     from ..service import ServiceConfig, SourcePolicy, create_app
     from ..service.sources import MIB
-    from .rank import quiet_libraries
 
     settings = settings_from_args(args, query=STAND_IN_QUERY, token_budget=args.token_budget)
     if not 0 < args.remote_timeout <= 600:
@@ -85,15 +83,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.replicas:
         raise UsageError("--replicas needs --ray ADDRESS (local, auto or ray://HOST:10001)")
 
-    quiet_libraries()
-    try:
-        reranker = Reranker.load(settings.model)
-    except ModelLoadError as exc:
-        say(str(exc))
+    reranker = load_reranker(settings.model)
+    if reranker is None:
         return 1
-    say(f"loaded {reranker.info.summary()}")
-    if reranker.info.is_demo:
-        say("demo model (random weights): the scores are meaningless")
     app = create_app(reranker, settings, config)
     say(f"serving {names[0]} on http://{args.host}:{args.port} (POST /v1/rerank, /score; GET /v1/models, /health, /metrics)")
 
