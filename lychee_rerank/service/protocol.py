@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .sources import bare_base64, is_reference
 
@@ -66,7 +66,6 @@ class RerankCall:
     top_n: int = 0  # 0: all
     return_documents: bool = True
     instruction: str | None = None
-    extras: dict = field(default_factory=dict)
 
 
 def parse_json(body: bytes) -> dict:
