@@ -59,10 +59,15 @@ _CORPUS = [
 ]
 
 
+def cache_root() -> Path:
+    """The product's own cache folder (the demo checkpoint, the vision-feature cache): $LYCHEE_CACHE,
+    else ~/.cache/lychee-rerank."""
+    return Path(os.environ.get("LYCHEE_CACHE") or Path.home() / ".cache" / "lychee-rerank")
+
+
 def demo_cache_dir() -> Path:
-    """Where the demo checkpoint lives: $LYCHEE_CACHE, else ~/.cache/lychee-rerank."""
-    root = os.environ.get("LYCHEE_CACHE") or Path.home() / ".cache" / "lychee-rerank"
-    return Path(root) / f"demo-model-v{DEMO_VERSION}"
+    """Where the demo checkpoint lives."""
+    return cache_root() / f"demo-model-v{DEMO_VERSION}"
 
 
 def is_demo_checkpoint(path: str | os.PathLike) -> bool:

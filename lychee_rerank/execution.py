@@ -32,7 +32,7 @@ from typing import Callable, Protocol, Sequence
 from .gpu import device_memory_high, free_cached_memory, free_device_bytes
 from .images import ImageError
 from .pipeline import RowFeeder, available_cpus
-from .scoring import PlannedImage, PreparedRow
+from .scoring import Batch, PlannedImage, PreparedRow
 
 MODES = ("auto", "sequential", "batched")
 # Share of the memory free after loading that batches may fill with activations.
@@ -60,8 +60,8 @@ class Outcome:
 
 class Scorer(Protocol):
     def prepare_row(self, item: PlannedImage) -> PreparedRow: ...
-    def collate(self, rows: list[PreparedRow]) -> dict: ...
-    def forward(self, batch: dict) -> list[float]: ...
+    def collate(self, rows: list[PreparedRow]) -> Batch: ...
+    def forward(self, batch: Batch) -> list[float]: ...
 
     @property
     def device(self): ...

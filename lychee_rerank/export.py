@@ -123,6 +123,8 @@ def metadata(ranking: "Ranking", **extra) -> dict:
         "quantization": ranking.quantization,
         "mode_used": ranking.mode,
         "elapsed_s": ranking.elapsed_s,
+        "cache_hits": ranking.cache_hits,  # the vision-feature cache; null when it was not used
+        "cache_misses": ranking.cache_misses,
         "cancelled": ranking.cancelled,
         "error": ranking.error,
         "scored": len(ranking.scored),
@@ -145,15 +147,16 @@ class OutputError(OSError):
     """An output could not be written; the previous file, if any, is intact. One sentence."""
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that it is either the new file, whole, or the old one, untouched:
-    a temporary file in the same folder, fsync, then rename over the target. A link is written
-    through (its target is replaced). Raises OutputError."""
+def write_atomically(path: str | os.PathLike, text: str | bytes) -> None:
+    """Write ``text`` (UTF-8) or bytes to ``path`` so that it is either the new file, whole, or the
+    old one, untouched: a temporary file in the same folder, fsync, then rename over the target. A
+    link is written through (its target is replaced). Raises OutputError."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     try:
         if not stat.S_ISREG(os.stat(target).st_mode):  # a device or a pipe is written to, never replaced
-            _write_in_place(path, target, text)
+            _write_in_place(path, target, data)
             return
     except FileNotFoundError:
         pass
@@ -164,8 +167,8 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
     except OSError as exc:
         raise OutputError(f"could not write {os.fspath(path)}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         try:
@@ -190,10 +193,10 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
         pass
 
 
-def _write_in_place(path, target: str, text: str) -> None:
+def _write_in_place(path, target: str, data: bytes) -> None:
     try:
-        with open(target, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
+        with open(target, "wb") as file:
+            file.write(data)
     except OSError as exc:
         raise OutputError(f"could not write {os.fspath(path)}: {exc.strerror or exc}") from None
 

@@ -205,6 +205,18 @@ def _file_object(source: ImageSource) -> BinaryIO:
     return io.BytesIO(data)
 
 
+def read_bytes(source: ImageSource) -> bytes | None:
+    """A file's or an upload's encoded bytes, read once (what is hashed is then what is decoded); None
+    for an already decoded image. Raises ImageError like load_image."""
+    if isinstance(source, Image.Image):
+        return None
+    with _file_object(source) as file:
+        try:
+            return file.read()
+        except OSError as exc:
+            raise _unreadable(os.fspath(source) if isinstance(source, (str, os.PathLike)) else "", exc) from None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:199] + "…"

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 from .execution import ProgressClock
 from .images import ImageSource
-from .results import ImageResult, Progress
-from .scoring import PairScorer, PlannedImage, PreparedRow
+from .results import ImageResult, Progress, cache_counts
+from .scoring import Batch, PairScorer, PlannedImage, PreparedRow
 from .settings import RunSettings
 
 ProgressCallback = Callable[[Progress], None]
@@ -35,8 +35,9 @@ class Job:
 
 
 def execution(settings: RunSettings) -> tuple:
-    """How a run executes (not what its scores depend on): runs sharing a pass must agree on it."""
-    return settings.mode, settings.workers, settings.token_budget
+    """How a run executes (not what its scores depend on): runs sharing a pass must agree on it. The
+    feature cache too: a forward stores the features it computes, for every row, in one folder."""
+    return settings.mode, settings.workers, settings.token_budget, settings.cache_dir
 
 
 def as_stop_callable(flag: StopFlag | None) -> Callable[[], bool]:
@@ -73,24 +74,32 @@ class JobRun:
         for result in new:
             self.results[result.index] = result
         elapsed, rate, eta = self.clock.advance(len(new), work)
-        self.notify(Progress(self.clock.done, self.clock.total, elapsed, rate, eta, tuple(new), batch_size, budget))
+        hits, misses = cache_counts(self.results)
+        self.notify(Progress(self.clock.done, self.clock.total, elapsed, rate, eta, tuple(new), batch_size, budget,
+                             cache_hits=hits, cache_misses=misses))
 
 
 class JobsScorer:
     """The execution policy's Scorer over several runs: each row is prepared by its own run's scorer
-    (``PlannedImage.job``); collate and forward belong to the model, shared by all the scorers."""
+    (``PlannedImage.job``); collate and forward belong to the model, shared by all the scorers (a
+    row's cache key is its own run's, so the features a forward stores are keyed right)."""
 
-    def __init__(self, scorers: Sequence[PairScorer]):
+    def __init__(self, scorers: Sequence[PairScorer] = ()):
         self.scorers = list(scorers)
 
     def prepare_row(self, item: PlannedImage) -> PreparedRow:
         return self.scorers[item.job].prepare_row(item)
 
-    def collate(self, rows: list[PreparedRow]) -> dict:
+    def collate(self, rows: list[PreparedRow]) -> Batch:
         return self.scorers[0].collate(rows)
 
-    def forward(self, batch: dict) -> list[float]:
+    def forward(self, batch: Batch) -> list[float]:
         return self.scorers[0].forward(batch)
+
+    def close(self) -> None:
+        """Every run's feature cache finishes its writes."""
+        for scorer in self.scorers:
+            scorer.close()
 
     @property
     def device(self):

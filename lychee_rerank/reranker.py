@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Callable, Sequence
@@ -17,6 +18,7 @@ from .execution import (
     run_sequential,
 )
 from .checks import InputError, check_text, load_query_image
+from .feature_cache import CacheUnavailable, FeatureCache, RunCache, default_cache_dir, vision_identity
 from .images import ImageError, ImageSource, probe_image, source_name
 from .jobs import Job, JobRun, JobsScorer, ProgressCallback, StopFlag, execution
 from .loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelInfo, ModelLoadError, load_model
@@ -51,6 +53,8 @@ class Reranker:
         self.model_settings = model_settings or ModelSettings.build(info.name, dtype=info.dtype)
         self._turns = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()  # the head holds the device
+        self._identity: str | None = None  # the vision tower's, for the feature cache ("" if unusable)
+        self._identity_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -105,6 +109,7 @@ class Reranker:
         token_budget: int | None = None,
         preprocess: str = "exact",
         workers: int | None = None,
+        cache: bool | str | os.PathLike | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopFlag | None = None,
     ) -> Ranking:
@@ -114,11 +119,15 @@ class Reranker:
         ``progress`` is called after every image or batch, with the results just finished;
         ``should_stop`` is polled between forwards and stops the run early, keeping what is done.
         ``preprocess``: "exact" (the model card's image path) or "fast" (JPEG draft decoding);
-        ``workers``: preprocessing threads (default: the CPUs this process may use).
+        ``workers``: preprocessing threads (default: the CPUs this process may use);
+        ``cache``: the vision-feature cache -- off (None, the default), True (its default folder,
+        ``$LYCHEE_CACHE/features``) or a folder.
         """
+        cache_dir = default_cache_dir() if cache is True else (cache or None)
         settings = self.settings(
             query, query_image=query_image, instruction=instruction, mode=mode, max_pixels=max_pixels,
             min_pixels=min_pixels, token_budget=token_budget, preprocess=preprocess, workers=workers,
+            cache_dir=cache_dir,
         )
         return self.run(settings, images, names=names, progress=progress, should_stop=should_stop)
 
@@ -147,11 +156,18 @@ class Reranker:
 
         Each job stops on its own flag (its images are then left pending) and reports its own
         progress; the pass ends when every job is done or stopped. The jobs must share how they
-        execute (mode, workers, token budget): InputError otherwise, before any work.
+        execute (mode, workers, token budget, feature cache): InputError otherwise, before any work.
         """
         if not jobs:
             return []
-        scorers = [self._checked_scorer(job, jobs[0].settings) for job in jobs]
+        scorer = JobsScorer()
+        try:
+            for job in jobs:
+                scorer.scorers.append(self._checked_scorer(job, jobs[0].settings))
+        except BaseException:
+            scorer.close()  # the feature caches of the runs checked so far
+            raise
+        scorers = scorer.scorers
         runs = [JobRun(job, self._results(job)) for job in jobs]
         settings = jobs[0].settings
         used_mode = "sequential" if settings.mode == "sequential" else "batched"
@@ -164,16 +180,16 @@ class Reranker:
             return all(run.stop() for run in runs)
 
         if not self._acquire(notify_all, all_stopped, sum(len(run.results) for run in runs)):
+            scorer.close()
             return [self._ranking(run.job.settings, run.results, used_mode, 0.0, cancelled=True) for run in runs]
         start = time.perf_counter()  # ranking time only: waiting in the queue does not count
         cancelled, error = False, None
         try:
             planned: list[PlannedImage] = []
-            for number, (run, scorer) in enumerate(zip(runs, scorers)):
-                mine, unreadable = self._plan(scorer, run.job.images, run.results)
+            for number, (run, own) in enumerate(zip(runs, scorers)):
+                mine, unreadable = self._plan(own, run.job.images, run.results)
                 planned += [dataclasses.replace(item, job=number) for item in mine]
                 run.start(mine, unreadable)
-            scorer = JobsScorer(scorers)
 
             def emit(outcomes: list[Outcome], batch_size: int, budget: int | None) -> None:
                 for number, run in enumerate(runs):
@@ -199,6 +215,7 @@ class Reranker:
             log.debug("ranking stopped by an unexpected error", exc_info=True)  # for whoever enables logging
             error = describe_error(exc)
         finally:
+            scorer.close()  # the feature cache's writes are done: part of the ranking time
             self._release()
         elapsed = time.perf_counter() - start
         return [
@@ -214,14 +231,17 @@ class Reranker:
         planned, _ = self._plan(scorer, images, self._results(Job(settings, images)))
         order = sorted(planned, key=lambda i: (-i.sequence_tokens, i.index))
         prepared = 0
-        with RowFeeder(order, scorer.prepare_row, settings.workers or available_cpus()) as feeder:
-            for item in order:
-                try:
-                    feeder.get(item)
-                    prepared += 1
-                except Exception:  # counted as not prepared; rank() reports why
-                    pass
-                feeder.release(item)
+        try:
+            with RowFeeder(order, scorer.prepare_row, settings.workers or available_cpus()) as feeder:
+                for item in order:
+                    try:
+                        feeder.get(item)
+                        prepared += 1
+                    except Exception:  # counted as not prepared; rank() reports why
+                        pass
+                    feeder.release(item)
+        finally:
+            scorer.close()
         return prepared
 
     # -- internals ------------------------------------------------------------------------------
@@ -235,7 +255,7 @@ class Reranker:
         if job.names is not None and len(job.names) != len(job.images):
             raise InputError(f"{len(job.names)} names for {len(job.images)} images")
         if execution(settings) != execution(first):
-            raise InputError("runs that share forwards must share the mode, the workers and the token budget")
+            raise InputError("runs that share forwards must share the mode, the workers, the token budget and the feature cache")
         return self._scorer(settings)
 
     @staticmethod
@@ -252,13 +272,43 @@ class Reranker:
         check_text("the query", settings.query, special)
         check_text("the instruction", settings.instruction, special)
         query_picture = None if settings.query_image is None else load_query_image(settings.query_image.data)
+        cache = self._run_cache(settings)
         try:
             return PairScorer(
                 self.model, self.processor, settings.query, settings.instruction, query_picture,
-                settings.min_pixels, settings.max_pixels, settings.preprocess,
+                settings.min_pixels, settings.max_pixels, settings.preprocess, cache=cache,
+                query_image_bytes=None if settings.query_image is None else settings.query_image.data,
             )
         except QueryTooLongError as exc:
+            if cache is not None:
+                cache.close()
             raise InputError(str(exc)) from None
+
+    def _run_cache(self, settings: RunSettings) -> RunCache | None:
+        """The run's feature cache, or None when off. A folder that cannot be used is a bad setting
+        (InputError); a model whose vision tower cannot be identified runs without the cache."""
+        if settings.cache_dir is None:
+            return None
+        try:
+            store = FeatureCache(settings.cache_dir)
+        except CacheUnavailable as exc:
+            raise InputError(str(exc)) from None
+        identity = self.vision_identity()
+        if identity is None:
+            return None
+        return RunCache(store, identity, settings.min_pixels, settings.max_pixels, settings.preprocess)
+
+    def vision_identity(self) -> str | None:
+        """The digest of the loaded vision tower that the feature cache keys on (computed once), or
+        None when it cannot be read (its weights offloaded): the cache is then not used."""
+        with self._identity_lock:
+            if self._identity is None:
+                try:
+                    self._identity = vision_identity(self.model, self.processor)
+                except CacheUnavailable as exc:
+                    log.warning("the feature cache is not used: %s", exc)
+                    self._identity = ""
+        return self._identity or None
 
     def _plan(self, scorer: PairScorer, images, results) -> tuple[list[PlannedImage], list[ImageResult]]:
         """Read each file's header: its size and token cost, or its error."""
@@ -347,5 +397,6 @@ def _to_result(outcome: Outcome) -> ImageResult:
         visual_tokens=row.visual_tokens if row else item.visual_tokens,
         error=outcome.error,
         tokens=row.length if row else None,
+        cached=row.cached if row else None,
     )
 

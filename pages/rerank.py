@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from lychee_rerank import DEFAULT_INSTRUCTION, PREPROCESS_MODES, InputError, ModelSettings, QueryImage as QueryPicture, RunSettings
+from lychee_rerank import feature_cache
 from ui import fmt, media, results, session, sources
 from ui import model as model_ui
 from ui import state as run_state
@@ -234,9 +235,17 @@ def _current_settings(query_image: QueryImage | None, outcome) -> tuple[RunSetti
             max_pixels=int(tokens) * PIXELS_PER_TOKEN,
             preprocess=st.session_state.get("preprocess") or "exact",
             mode=st.session_state.get("mode") or "auto",
+            cache_dir=_feature_cache_dir(),
         ), None
     except InputError as exc:
         return None, fmt.sentence(str(exc))
+
+
+def _feature_cache_dir() -> str | None:
+    """The vision-feature cache, on by default (a second question about the same images skips their
+    decoding and vision tower); off when LYCHEE_FEATURE_CACHE=off or its folder cannot be written."""
+    folder = feature_cache.default_cache_dir()
+    return None if folder is None or feature_cache.cache_dir_problem(folder) else folder
 
 
 def _same_files(run: Run, items: list[Item]) -> bool:

@@ -56,6 +56,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: b
     parser.add_argument("--max-pixels", type=positive_int, metavar="N", help="pixels per image after resizing (fewer = faster)")
     parser.add_argument("--preprocess", choices=PREPROCESS_MODES, default="exact",
                         help="exact = the model card's image path (default); fast = large JPEGs decoded at a reduced scale")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache", metavar="DIR",
+                       help="keep each image's vision features in DIR, so a later question about the same images skips "
+                       "decoding and the vision tower (default: $LYCHEE_CACHE/features; with --ray: off)")
+    cache.add_argument("--no-cache", action="store_true", help="do not use the vision-feature cache")
 
 
 def settings_from_args(args: argparse.Namespace, **more):
@@ -69,7 +74,7 @@ def settings_from_args(args: argparse.Namespace, **more):
         return RunSettings.build(
             fields.pop("query"), model=args.model, dtype=args.dtype, quantize=args.quantize,
             instruction=args.instruction, max_pixels=args.max_pixels, preprocess=args.preprocess, mode=args.mode,
-            **fields,
+            cache_dir=_cache_dir(args), **fields,
         )
     except InputError as exc:
         raise UsageError(str(exc)) from None
@@ -97,6 +102,24 @@ def load_reranker(model):
     if reranker.info.is_demo:
         say("demo model (random weights): the scores are meaningless")
     return reranker
+
+
+def _cache_dir(args: argparse.Namespace) -> str | None:
+    """The feature cache's folder: --cache DIR (checked: UsageError), none with --no-cache, else the
+    default folder for a run in this process (said and skipped should it be unusable) and none on Ray
+    (every replica would write its own: name a shared folder with --cache)."""
+    from ..feature_cache import cache_dir_problem, default_cache_dir
+
+    if args.no_cache:
+        return None
+    folder = args.cache or (None if getattr(args, "ray", None) else default_cache_dir())
+    problem = folder and cache_dir_problem(folder)  # created and checked writable before any model loads
+    if problem and args.cache:
+        raise UsageError(f"--cache: {problem}")
+    if problem:
+        say(f"{problem}: the vision-feature cache is off for this run")
+        return None
+    return folder
 
 
 def _unwritable(path: str) -> str | None:
@@ -171,9 +194,13 @@ def format_table(results, top: int | None = None) -> str:
 
 def print_ranking(ranking, top: int | None, where: str = "", note: str = "") -> None:
     """The ranking table on stdout and a one-line summary on stderr (the rank command, Ray or not)."""
+    from ..results import describe_cache
+
     print(format_table(ranking.ranked(), top))
     how = ranking.mode + (f", {where}" if where else "")
     summary = f"{len(ranking.scored)} scored, {len(ranking.errors)} failed in {ranking.elapsed_s:.1f} s ({how})"
+    if ranking.cache_hits is not None:
+        summary += f"; feature cache {describe_cache(ranking.cache_hits, ranking.cache_misses)}"
     if note:
         summary += f"; {note}"
     if ranking.pending:
