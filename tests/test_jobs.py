@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from imagegen import photo
+from imagegen import encode, photo
 from lychee_rerank import InputError
 from lychee_rerank.jobs import Job, JobsScorer
 from model_card import ModelCardScorer
@@ -72,6 +72,23 @@ def test_a_run_stopped_on_its_own_leaves_its_images_pending_while_the_other_is_s
     assert stopped.cancelled and stopped.pending
     assert len(stopped.scored) < 5
     assert not other.cancelled and len(other.scored) == 5
+
+
+def test_runs_sharing_a_pass_store_their_features_and_reuse_them_with_the_same_scores(reranker, tmp_path):
+    """The feature cache (a forward stores what it computed, each row under its own run's key)."""
+    query_picture = encode(photo(64, 64, seed=98))
+    first = reranker.settings("a cat", token_budget=BIG_BUDGET, cache_dir=str(tmp_path))
+    second = reranker.settings("海边日落", query_image=query_picture, token_budget=BIG_BUDGET, cache_dir=str(tmp_path))
+    files = [[encode(p) for p in images(1)], [encode(p) for p in images(20)]]
+
+    def both():
+        return reranker.run_jobs([Job(first, files[0]), Job(second, files[1])])
+
+    computed, reused = both(), both()
+    for fresh, again in zip(computed, reused):
+        assert [r.cached for r in fresh.results] == [False] * 4
+        assert [r.cached for r in again.results] == [True] * 4
+        assert scores(again) == pytest.approx(scores(fresh), abs=TOLERANCE)
 
 
 def test_runs_that_execute_differently_cannot_share_a_pass(reranker):
