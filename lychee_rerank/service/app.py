@@ -194,7 +194,7 @@ class Service:
             raise RequestError(str(exc), param="query") from None
 
     async def _fetch(self, document) -> None:
-        if document.error is not None or document.data is not None:
+        if document.error is not None:
             return
         try:
             document.data = await image_source(document.url, self.config.sources, self.client)

@@ -47,8 +47,8 @@ class Document:
 
     index: int
     echo: dict  # what results[].document shows (vLLM's RerankDocument)
-    url: str | None = None
-    data: object = None  # the image: bytes, or a confined data-folder file (lychee_rerank.confine.DataFile)
+    url: str | None = None  # what names its image: a URL or a path
+    data: object = None  # once fetched: bytes, or a confined data-folder file (lychee_rerank.confine.DataFile)
     error: str | None = None
 
 
@@ -144,8 +144,7 @@ def parse_document(index: int, value) -> Document:
         echo = {"image": image}
         if not isinstance(image, str):
             return Document(index, echo, error='"image" must be a URL, a path or base64 text')
-        data = bare_base64(image)
-        return Document(index, echo, data=data) if data is not None else Document(index, echo, url=image)
+        return Document(index, echo, url=bare_base64(image) or image)
     if "text" in value:
         return Document(index, {"text": value.get("text")},
                         error="this document is text, and this reranker ranks images; send an image URL")

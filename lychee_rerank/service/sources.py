@@ -15,11 +15,13 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 from ..confine import DataFile, inside
+from ..images import is_image_path
 
 MIB = 1024 * 1024
 REMOTE_SCHEMES = ("http", "https")
@@ -52,16 +54,18 @@ def is_reference(text: str) -> bool:
     scheme = urlsplit(text).scheme.lower() if ":" in text[:12] else ""
     if scheme in ("data", "file", *REMOTE_SCHEMES):
         return True
-    from ..images import is_image_path
-
     return bool(text) and not any(c.isspace() for c in text) and (text.startswith("/") or is_image_path(text))
 
 
-def bare_base64(text: str) -> bytes | None:
-    """Jina's ``{"image": "<base64>"}``: the bytes of bare base64 (no scheme), else None."""
-    if ":" in text or len(text) < 32:
+_BASE64 = re.compile(r"[A-Za-z0-9+/\s]+={0,2}\s*")
+
+
+def bare_base64(text: str) -> str | None:
+    """Jina's ``{"image": "<base64>"}`` as a data: URI (decoded later, strictly and size-limited, like
+    any other), or None when the text is not bare base64 (a URL or a path)."""
+    if len(text) < 32 or not _BASE64.fullmatch(text):
         return None
-    return _strict_base64("".join(text.split()))
+    return "data:;base64," + text
 
 
 def _strict_base64(text: str) -> bytes | None:
