@@ -456,29 +456,43 @@ def test_serve_refuses_a_port_in_use_in_one_line_before_loading(tmp_path):
     assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
-def test_serve_answers_with_the_api_key_from_the_environment_and_stops_on_sigterm(six_files):
+def start_serve(*args: str, wait_s: float = 300, **env: str) -> tuple[subprocess.Popen, str]:
+    """``python -m lychee_rerank serve ARGS`` on a free port, once it answers /health."""
     with free_socket() as probe:
         port = probe.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), LYCHEE_API_KEY="k3y")
-    process = subprocess.Popen([sys.executable, "-m", "lychee_rerank", "serve", "--model", "demo", "--port", str(port)],
-                               cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "lychee_rerank", "serve", *args, "--port", str(port)],
+                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), **env), stderr=subprocess.PIPE,
+                               text=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"serve did not start: {stop_serve(process)}")
+        try:
+            if httpx2.get(url + "/health").status_code == 200:
+                return process, url
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def stop_serve(process: subprocess.Popen) -> str:
+    """SIGTERM, then the process's stderr once it has exited."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    return stderr
+
+
+def test_serve_answers_with_the_api_key_from_the_environment_and_stops_on_sigterm(six_files):
+    process, url = start_serve("--model", "demo", LYCHEE_API_KEY="k3y")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
-            try:
-                if httpx2.get(url + "/health").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.1)
         request = {"query": QUERY, "documents": [data_uri(six_files[0].read_bytes())]}
         assert httpx2.post(url + "/v1/rerank", json=request).status_code == 401
         answer = httpx2.post(url + "/v1/rerank", json=request, headers={"Authorization": "Bearer k3y"}, timeout=120)
         assert answer.status_code == 200 and len(answer.json()["results"]) == 1
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
+        stderr = stop_serve(process)
     # uvicorn shuts down gracefully, then lets the signal end the process (the shell reports 143)
     assert process.returncode == -signal.SIGTERM, stderr
     assert "serving demo on http://127.0.0.1:" in stderr
@@ -497,23 +511,8 @@ def test_ray_serve_puts_one_replica_on_each_gpu_and_asked_replicas_on_cpu():
 
 
 def test_serve_on_ray_answers_a_vllm_style_client_with_the_clis_scores_and_stops_on_sigterm(six_files, cli_scores):
-    with free_socket() as probe:
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lychee_rerank", "serve", "--ray", "local", "--model", "demo", "--port", str(port)],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_serve("--ray", "local", "--model", "demo")
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "serve --ray did not start"
-            try:
-                if httpx2.get(url + "/health").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.2)
         urls = [data_uri(path.read_bytes(), path.suffix[1:]) for path in six_files[:2]]
         response = vllm_style_client(url, QUERY, urls)
         assert response.status_code == 200, response.text
@@ -521,8 +520,7 @@ def test_serve_on_ray_answers_a_vllm_style_client_with_the_clis_scores_and_stops
             expected = cli_scores[six_files[result["index"]].name]
             assert result["relevance_score"] == pytest.approx(expected, abs=TOLERANCE)
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
+        stderr = stop_serve(process)
     assert process.returncode == 0, stderr
     assert "with Ray Serve (1 replica on CPU)" in stderr and "stopping on SIGTERM" in stderr
     assert "Traceback" not in stderr and "INFO" not in stderr, stderr
