@@ -1,4 +1,4 @@
-"""Command line: ``python -m lychee_rerank rank|index|bench ...``; each command lives in its own module
+"""Command line: ``python -m lychee_rerank rank|index|bench|serve ...``; each command lives in its own module
 (``commands/``, ``scale_out/``, ``bench/``), over the pieces they share (``commands/common.py``).
 
 Exit codes: 0 the run completed (per-file errors included); 1 the model could not be loaded, an
@@ -19,10 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_arguments
     from .commands.index import add_index_arguments
     from .commands.retrieval import add_retrieval_arguments
+    from .commands.serve import add_serve_arguments
     from .scale_out import add_ray_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description="Rank images against a query with Lychee-rerank-mm.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{rank,index,bench}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{rank,index,bench,serve}")
 
     rank = commands.add_parser("rank", help="rank image files and folders against a query")
     rank.add_argument("paths", nargs="*", metavar="PATH", help="image files, or folders searched recursively")
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure sequential vs batched speed and memory")
     add_bench_arguments(bench)
+
+    serve = commands.add_parser("serve", help="a /v1/rerank HTTP service for vLLM, Jina and Cohere clients")
+    add_serve_arguments(serve)
     return parser
 
 
@@ -56,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands.index import run_index
 
             return run_index(args)
+        if args.command == "serve":
+            from .commands.serve import run_serve
+
+            return run_serve(args)
         from .bench import run_bench
 
         return run_bench(args)

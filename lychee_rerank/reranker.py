@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -11,7 +12,6 @@ from typing import Callable, Sequence
 
 from .execution import (
     Outcome,
-    ProgressClock,
     describe_error,
     initial_token_budget,
     run_batched,
@@ -20,14 +20,13 @@ from .execution import (
 from .checks import InputError, check_text, load_query_image
 from .feature_cache import CacheUnavailable, FeatureCache, RunCache, default_cache_dir, vision_identity
 from .images import ImageError, ImageSource, probe_image, source_name
+from .jobs import Job, JobRun, JobsScorer, ProgressCallback, StopFlag, execution
 from .loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelInfo, ModelLoadError, load_model
 from .pipeline import RowFeeder, available_cpus
-from .results import ImageResult, Progress, Ranking, cache_counts
+from .results import ImageResult, Progress, Ranking
 from .settings import ModelSettings, RunSettings
 from .scoring import PairScorer, PlannedImage, QueryTooLongError
 
-ProgressCallback = Callable[[Progress], None]
-StopFlag = Callable[[], bool] | threading.Event
 log = logging.getLogger(__name__)
 
 
@@ -148,68 +147,88 @@ class Reranker:
         settings made for another model) raise InputError before any work; an unexpected error during
         the run stops it and is recorded in ``Ranking.error``, with every finished score kept.
         """
-        if settings.model != self.model_settings:
-            raise InputError(
-                f"these settings are for {_describe_model(settings.model)}, but this reranker holds "
-                f"{_describe_model(self.model_settings)}"
-            )
-        if names is not None and len(names) != len(images):
-            raise InputError(f"{len(names)} names for {len(images)} images")
-        scorer = self._scorer(settings)
-        stop = _as_stop_callable(should_stop)
-        notify = progress or (lambda _event: None)
-        results: list[ImageResult] = [
-            ImageResult(i, names[i] if names is not None else source_name(src, i)) for i, src in enumerate(images)
-        ]
+        return self.run_jobs([Job(settings, images, names, progress, should_stop)])[0]
+
+    def run_jobs(self, jobs: Sequence[Job]) -> list[Ranking]:
+        """Several runs in one pass (a service's concurrent requests): their images share forwards
+        under one token budget, each row with its own run's query, instruction and resolution, so
+        each run's scores are those it would get alone. One Ranking per job, in order.
+
+        Each job stops on its own flag (its images are then left pending) and reports its own
+        progress; the pass ends when every job is done or stopped. The jobs must share how they
+        execute (mode, workers, token budget, feature cache): InputError otherwise, before any work.
+        """
+        if not jobs:
+            return []
+        scorer = JobsScorer()
+        try:
+            for job in jobs:
+                scorer.scorers.append(self._checked_scorer(job, jobs[0].settings))
+        except BaseException:
+            scorer.close()  # the feature caches of the runs checked so far
+            raise
+        scorers = scorer.scorers
+        runs = [JobRun(job, self._results(job)) for job in jobs]
+        settings = jobs[0].settings
         used_mode = "sequential" if settings.mode == "sequential" else "batched"
-        if not self._acquire(notify, stop, len(images)):
+
+        def notify_all(event: Progress) -> None:
+            for run in runs:
+                run.notify(event)
+
+        def all_stopped() -> bool:
+            return all(run.stop() for run in runs)
+
+        if not self._acquire(notify_all, all_stopped, sum(len(run.results) for run in runs)):
             scorer.close()
-            return self._ranking(settings, results, used_mode, 0.0, cancelled=True)
+            return [self._ranking(run.job.settings, run.results, used_mode, 0.0, cancelled=True) for run in runs]
         start = time.perf_counter()  # ranking time only: waiting in the queue does not count
         cancelled, error = False, None
         try:
-            planned, unreadable = self._plan(scorer, images, results)
-            clock = ProgressClock(len(images), sum(p.sequence_tokens for p in planned))
-
-            def record(new: list[ImageResult], work: float, batch_size: int, budget: int | None) -> None:
-                for result in new:
-                    results[result.index] = result
-                elapsed, rate, eta = clock.advance(len(new), work)
-                hits, misses = cache_counts(results)
-                notify(Progress(clock.done, clock.total, elapsed, rate, eta, tuple(new), batch_size, budget,
-                                cache_hits=hits, cache_misses=misses))
-
-            notify(Progress(0, len(images), 0.0, 0.0, None))  # started: no longer waiting
-            if unreadable:
-                record(unreadable, 0, 0, None)
+            planned: list[PlannedImage] = []
+            for number, (run, own) in enumerate(zip(runs, scorers)):
+                mine, unreadable = self._plan(own, run.job.images, run.results)
+                planned += [dataclasses.replace(item, job=number) for item in mine]
+                run.start(mine, unreadable)
 
             def emit(outcomes: list[Outcome], batch_size: int, budget: int | None) -> None:
-                work = sum(o.item.sequence_tokens for o in outcomes)
-                record([_to_result(o) for o in outcomes], work, batch_size, budget)
+                for number, run in enumerate(runs):
+                    mine = [o for o in outcomes if o.item.job == number]
+                    if mine:
+                        run.record([_to_result(o) for o in mine], sum(o.item.sequence_tokens for o in mine),
+                                   batch_size, budget)
+
+            # Alone, a run stops as a whole; together, each stops on its own and the others go on.
+            dropped = None if len(runs) == 1 else (lambda item: runs[item.job].stop())
 
             if used_mode == "sequential":
-                cancelled = run_sequential(planned, scorer, emit, stop, settings.workers)
+                cancelled = run_sequential(planned, scorer, emit, all_stopped, settings.workers, dropped)
             else:
                 token_budget = settings.token_budget
                 if token_budget is None:
                     dtype_bytes = self.model.dtype.itemsize
                     token_budget = initial_token_budget(scorer.device, self.model.config, dtype_bytes)
-                cancelled = run_batched(planned, scorer, emit, stop, token_budget, workers=settings.workers)
+                cancelled = run_batched(
+                    planned, scorer, emit, all_stopped, token_budget, workers=settings.workers, dropped=dropped
+                )
         except Exception as exc:  # the finished scores survive; the rest stay pending
             log.debug("ranking stopped by an unexpected error", exc_info=True)  # for whoever enables logging
             error = describe_error(exc)
         finally:
             scorer.close()  # the feature cache's writes are done: part of the ranking time
             self._release()
-        return self._ranking(settings, results, used_mode, time.perf_counter() - start, cancelled, error)
+        elapsed = time.perf_counter() - start
+        return [
+            self._ranking(run.job.settings, run.results, used_mode, elapsed, cancelled or _dropped(run), error)
+            for run in runs
+        ]
 
     def prepare_only(self, settings: RunSettings, images: Sequence[ImageSource]) -> int:
         """Run only the CPU side of a ranking (planning, decoding, qwen-vl-utils, the processor) on the
         same worker pool, without the model; returns how many images were prepared. The benchmark's
         preprocessing ceiling."""
         scorer = self._scorer(settings)
-        results = [ImageResult(i, source_name(src, i)) for i, src in enumerate(images)]
-        planned, _ = self._plan(scorer, images, results)
+        planned, _ = self._plan(scorer, images, self._results(Job(settings, images)))
         order = sorted(planned, key=lambda i: (-i.sequence_tokens, i.index))
         prepared = 0
         try:
@@ -226,6 +245,24 @@ class Reranker:
         return prepared
 
     # -- internals ------------------------------------------------------------------------------
+    def _checked_scorer(self, job: Job, first: RunSettings) -> PairScorer:
+        settings = job.settings
+        if settings.model != self.model_settings:
+            raise InputError(
+                f"these settings are for {_describe_model(settings.model)}, but this reranker holds "
+                f"{_describe_model(self.model_settings)}"
+            )
+        if job.names is not None and len(job.names) != len(job.images):
+            raise InputError(f"{len(job.names)} names for {len(job.images)} images")
+        if execution(settings) != execution(first):
+            raise InputError("runs that share forwards must share the mode, the workers, the token budget and the feature cache")
+        return self._scorer(settings)
+
+    @staticmethod
+    def _results(job: Job) -> list[ImageResult]:
+        names = job.names
+        return [ImageResult(i, names[i] if names is not None else source_name(src, i)) for i, src in enumerate(job.images)]
+
     def _scorer(self, settings: RunSettings) -> PairScorer:
         """The run's scorer; InputError (one sentence) when the text holds one of this tokenizer's
         own control tokens or leaves no room for an image."""
@@ -342,6 +379,11 @@ def _describe_model(model: ModelSettings) -> str:
     return f"{model.name} ({model.dtype}, quantisation {model.quantize})"
 
 
+def _dropped(run: JobRun) -> bool:
+    """A job stopped on its own before all its images were done."""
+    return run.stopped and any(result.status == "pending" for result in run.results)
+
+
 def _to_result(outcome: Outcome) -> ImageResult:
     item, row = outcome.item, outcome.row
     return ImageResult(
@@ -354,13 +396,7 @@ def _to_result(outcome: Outcome) -> ImageResult:
         model_height=row.model_size[1] if row else None,
         visual_tokens=row.visual_tokens if row else item.visual_tokens,
         error=outcome.error,
+        tokens=row.length if row else None,
         cached=row.cached if row else None,
     )
 
-
-def _as_stop_callable(flag: StopFlag | None) -> Callable[[], bool]:
-    if flag is None:
-        return lambda: False
-    if isinstance(flag, threading.Event):
-        return flag.is_set
-    return flag

@@ -26,6 +26,7 @@ class ImageResult:
     error: str | None = None
     retrieval_rank: int | None = None  # search then rerank: the place the first stage gave it (1 = best)
     similarity: float | None = None  # and the first stage's cosine similarity
+    tokens: int | None = None  # the model's input for this pair: prompt, query (image) and this image
     # Its vision features came from the feature cache (True) or were computed (False); None: no cache.
     cached: bool | None = None
 

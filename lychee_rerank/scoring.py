@@ -45,6 +45,7 @@ class PlannedImage:
     size: ImageSize
     visual_tokens: int
     sequence_tokens: int  # prompt + query image + this image: the length of its row in a batch
+    job: int = 0  # which run it belongs to, when several runs share forwards (Reranker.run_jobs)
 
 
 @dataclass(eq=False)

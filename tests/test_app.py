@@ -612,7 +612,7 @@ def test_the_live_panel_shows_the_place_in_the_queue(app, monkeypatch):
     def queued(self, settings, images, **kwargs):
         kwargs["progress"](Progress(0, len(images), 0.0, 0.0, None, waiting=True, queue_position=3))
         release.wait(10)
-        return Ranking(query, "", tuple(ImageResult(i, n) for i, n in enumerate(kwargs["names"])), "batched", 0.0,
+        return Ranking(settings.query, "", tuple(ImageResult(i, n) for i, n in enumerate(kwargs["names"])), "batched", 0.0,
                        cancelled=True)
 
     monkeypatch.setattr(Reranker, "run", queued)

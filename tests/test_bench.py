@@ -231,7 +231,7 @@ def test_no_overlap_and_worker_threads_levers_keep_the_scores(reranker, tmp_path
     expected = [r.score for r in reranker.rank("a cat", paths).results]
     with levers.engine_levers(overlap=False):
         assert [r.score for r in reranker.rank("a cat", paths).results] == expected
-        assert reranker.prepare_only("a cat", paths) == 3
+        assert reranker.prepare_only(reranker.settings("a cat"), paths) == 3
     with levers.engine_levers(worker_torch_threads=1):
         assert [r.score for r in reranker.rank("a cat", paths, workers=2).results] == pytest.approx(expected, abs=1e-6)
 

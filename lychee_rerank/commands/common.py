@@ -35,16 +35,18 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: bool = True) -> None:
-    """The arguments a RunSettings is built from (settings_from_args)."""
+def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: bool = True, query: bool = True) -> None:
+    """The arguments a RunSettings is built from (settings_from_args); ``query=False`` for a
+    command whose queries come later (the service: each request brings its own)."""
     from ..execution import MODES
     from ..loading import DTYPES
     from ..preprocess import PREPROCESS_MODES
     from ..quantization import QUANTIZE_MODES
 
-    parser.add_argument("--query", "-q", required=query_required,
-                        help="the query: Chinese, English or both (may be blank with --query-image)")
-    parser.add_argument("--query-image", metavar="PATH", help="an image that is part of the query")
+    if query:
+        parser.add_argument("--query", "-q", required=query_required,
+                            help="the query: Chinese, English or both (may be blank with --query-image)")
+        parser.add_argument("--query-image", metavar="PATH", help="an image that is part of the query")
     parser.add_argument("--instruction", help="the task instruction (the model is instruction-aware)")
     parser.add_argument("--model", help="hub id, local directory, or 'demo' (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
     parser.add_argument("--mode", choices=MODES, default="auto", help="auto = adaptive batching; sequential = memory-safe")
@@ -61,19 +63,45 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: b
     cache.add_argument("--no-cache", action="store_true", help="do not use the vision-feature cache")
 
 
-def settings_from_args(args: argparse.Namespace):
-    """The run's one RunSettings, checked (UsageError, one sentence) before any model loads."""
+def settings_from_args(args: argparse.Namespace, **more):
+    """The run's one RunSettings, checked (UsageError, one sentence) before any model loads.
+    ``more``: further RunSettings fields (a command's own options, the service's stand-in query)."""
     from ..checks import InputError
     from ..settings import RunSettings
 
+    fields = {"query": getattr(args, "query", None), "query_image": getattr(args, "query_image", None), **more}
     try:
         return RunSettings.build(
-            args.query, model=args.model, dtype=args.dtype, quantize=args.quantize, instruction=args.instruction,
-            query_image=args.query_image, max_pixels=args.max_pixels, preprocess=args.preprocess, mode=args.mode,
-            cache_dir=_cache_dir(args),
+            fields.pop("query"), model=args.model, dtype=args.dtype, quantize=args.quantize,
+            instruction=args.instruction, max_pixels=args.max_pixels, preprocess=args.preprocess, mode=args.mode,
+            cache_dir=_cache_dir(args), **fields,
         )
     except InputError as exc:
         raise UsageError(str(exc)) from None
+
+
+def quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_reranker(model):
+    """The Reranker for ``model`` (a run's ModelSettings), its summary said on stderr; None when it
+    cannot be loaded (the reason said in one line)."""
+    from .. import ModelLoadError, Reranker
+
+    quiet_libraries()
+    try:
+        reranker = Reranker.load(model)
+    except ModelLoadError as exc:
+        say(str(exc))
+        return None
+    say(f"loaded {reranker.info.summary()}")
+    if reranker.info.is_demo:
+        say("demo model (random weights): the scores are meaningless")
+    return reranker
 
 
 def _cache_dir(args: argparse.Namespace) -> str | None:

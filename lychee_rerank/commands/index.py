@@ -62,7 +62,7 @@ def _index(args: argparse.Namespace, signals) -> int:
     from ..loading import ModelLoadError
     from ..retrieval import Embedder, Index, IndexStoreError, update_index
     from ..retrieval.embedder import embedder_width
-    from .rank import quiet_libraries
+    from .common import quiet_libraries
 
     for path in args.paths:
         if not os.path.lexists(path):

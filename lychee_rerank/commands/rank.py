@@ -15,15 +15,10 @@ import signal
 import sys
 import time
 
-from .common import UsageError, check_outputs, find_inputs, print_ranking, say, settings_from_args, write_outputs
+from .common import (
+    UsageError, check_outputs, find_inputs, load_reranker, print_ranking, say, settings_from_args, write_outputs,
+)
 from .signals import Interrupted, StopSignals
-
-
-def quiet_libraries() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def run_rank(args: argparse.Namespace) -> int:
@@ -68,7 +63,7 @@ def _one_line(exc: BaseException) -> str:
 def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     from tqdm import tqdm
 
-    from .. import ImageResult, InputError, ModelLoadError, Ranking, Reranker
+    from .. import ImageResult, InputError, Ranking
     from ..retrieval.search import display_name, with_retrieval
     from .retrieval import retrieval_from_args
 
@@ -80,15 +75,9 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     images = find_inputs(args.paths) if retrieval is None else []
 
     signals.phase = "loading the model"
-    quiet_libraries()
-    try:
-        reranker = Reranker.load(settings.model)
-    except ModelLoadError as exc:
-        say(str(exc))
+    reranker = load_reranker(settings.model)
+    if reranker is None:
         return 1
-    say(f"loaded {reranker.info.summary()}")
-    if reranker.info.is_demo:
-        say("demo model (random weights): the scores are meaningless")
     names = None
     if retrieval is not None:
         found = _search(retrieval, settings)
