@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 DEMO_NAME = "demo"
 # Bump when the demo checkpoint's content changes, so stale caches are rebuilt.
@@ -59,10 +60,15 @@ _CORPUS = [
 ]
 
 
+def cache_root() -> Path:
+    """The product's own cache folder (the demo checkpoint, the vision-feature cache): $LYCHEE_CACHE,
+    else ~/.cache/lychee-rerank."""
+    return Path(os.environ.get("LYCHEE_CACHE") or Path.home() / ".cache" / "lychee-rerank")
+
+
 def demo_cache_dir() -> Path:
-    """Where the demo checkpoint lives: $LYCHEE_CACHE, else ~/.cache/lychee-rerank."""
-    root = os.environ.get("LYCHEE_CACHE") or Path.home() / ".cache" / "lychee-rerank"
-    return Path(root) / f"demo-model-v{DEMO_VERSION}"
+    """Where the demo checkpoint lives."""
+    return cache_root() / f"demo-model-v{DEMO_VERSION}"
 
 
 def is_demo_checkpoint(path: str | os.PathLike) -> bool:
@@ -135,20 +141,25 @@ def build_demo_model(target: Path) -> None:
     )
 
 
-def ensure_demo_model() -> Path:
-    """Path of the demo checkpoint, building it on first use (atomic: safe with concurrent callers)."""
-    target = demo_cache_dir()
-    if is_demo_checkpoint(target):
+def build_once(target: Path, build: Callable[[Path], None], is_built: Callable[[Path], bool]) -> Path:
+    """``target``, built by ``build`` on first use: in a staging folder renamed into place (atomic:
+    safe with concurrent callers, and a half-built checkpoint is never loaded)."""
+    if is_built(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=target.parent))
     try:
-        build_demo_model(staging)
+        build(staging)
         try:
             os.replace(staging, target)
         except OSError:
-            if not is_demo_checkpoint(target):  # lost a race to a complete build: fine; else a real error
+            if not is_built(target):  # lost a race to a complete build: fine; else a real error
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def ensure_demo_model() -> Path:
+    """Path of the demo checkpoint, building it on first use."""
+    return build_once(demo_cache_dir(), build_demo_model, is_demo_checkpoint)

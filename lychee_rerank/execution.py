@@ -15,6 +15,11 @@ tensors are released, the budget halves and the same (already prepared) images a
 too large for the budget runs alone, and every success grows the budget back quickly. An image out of
 memory even alone is retried once at the end of the run, after memory is freed, before it gets an
 error. Every image is scored exactly once or gets an error.
+
+Several runs may share one pass (``Reranker.run_jobs``): their images are planned, sorted and
+batched together, each row prepared by its own run's scorer. ``dropped(item)`` tells that an
+image's run was stopped on its own (its client went away): such images are left pending, never
+prepared nor scored, while the other runs go on.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Callable, Protocol, Sequence
 from .gpu import device_memory_high, free_cached_memory, free_device_bytes
 from .images import ImageError
 from .pipeline import RowFeeder, available_cpus
-from .scoring import PlannedImage, PreparedRow
+from .scoring import Batch, PlannedImage, PreparedRow
 
 MODES = ("auto", "sequential", "batched")
 # Share of the memory free after loading that batches may fill with activations.
@@ -55,8 +60,8 @@ class Outcome:
 
 class Scorer(Protocol):
     def prepare_row(self, item: PlannedImage) -> PreparedRow: ...
-    def collate(self, rows: list[PreparedRow]) -> dict: ...
-    def forward(self, batch: dict) -> list[float]: ...
+    def collate(self, rows: list[PreparedRow]) -> Batch: ...
+    def forward(self, batch: Batch) -> list[float]: ...
 
     @property
     def device(self): ...
@@ -64,6 +69,7 @@ class Scorer(Protocol):
 
 Emit = Callable[[list[Outcome], int, "int | None"], None]  # outcomes, batch size, token budget
 ShouldStop = Callable[[], bool]
+Dropped = Callable[[PlannedImage], bool]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -126,10 +132,13 @@ class TokenBudget:
 class _Run:
     """State shared by both policies: the feeder, deferred images, and how outcomes are reported."""
 
-    def __init__(self, order: Sequence[PlannedImage], scorer: Scorer, emit: Emit, workers: int | None, window: int | None):
+    def __init__(
+        self, order: Sequence[PlannedImage], scorer: Scorer, emit: Emit, workers: int | None, dropped: Dropped | None
+    ):
         self.scorer = scorer
         self.emit = emit
-        self.feeder = RowFeeder(order, scorer.prepare_row, workers or available_cpus(), window)
+        self.dropped = dropped or (lambda _item: False)
+        self.feeder = RowFeeder(order, scorer.prepare_row, workers or available_cpus(), skip=self.dropped)
         self.deferred: list[PlannedImage] = []  # out of memory even alone: one more try at the end
 
     def rows(self, items: list[PlannedImage]) -> tuple[list[PreparedRow], list[Outcome]]:
@@ -175,6 +184,8 @@ class _Run:
             if should_stop():
                 return True
             item = self.deferred.pop(0)
+            if self.dropped(item):
+                continue
             free_cached_memory()
             rows, failures = self.rows([item])
             if failures:
@@ -191,14 +202,21 @@ class _Run:
 
 
 def run_sequential(
-    items: Sequence[PlannedImage], scorer: Scorer, emit: Emit, should_stop: ShouldStop, workers: int | None = None
+    items: Sequence[PlannedImage],
+    scorer: Scorer,
+    emit: Emit,
+    should_stop: ShouldStop,
+    workers: int | None = None,
+    dropped: Dropped | None = None,
 ) -> bool:
     """Score one image per forward, memory freed after each. Returns True when stopped early."""
-    run = _Run(items, scorer, emit, workers, None)
+    run = _Run(items, scorer, emit, workers, dropped)
     with run.feeder:
         for item in items:
             if should_stop():
                 return True
+            if run.dropped(item):
+                continue
             rows, failures = run.rows([item])
             if failures:
                 emit(failures, 1, None)
@@ -220,6 +238,7 @@ def run_batched(
     token_budget: int,
     max_batch_images: int = MAX_BATCH_IMAGES,
     workers: int | None = None,
+    dropped: Dropped | None = None,
 ) -> bool:
     """Score in token-budgeted batches, rows prepared ahead in parallel. Returns True when stopped early."""
     order = sorted(items, key=lambda i: (-i.sequence_tokens, i.index))
@@ -231,11 +250,14 @@ def run_batched(
         count = max(1, min(fits, max_batch_images, len(pending)))
         return [pending.popleft() for _ in range(count)]
 
-    run = _Run(order, scorer, emit, workers, None)
+    run = _Run(order, scorer, emit, workers, dropped)
     with run.feeder:
         while pending:
             if should_stop():
                 return True
+            _forget_dropped(pending, run)
+            if not pending:
+                break
             batch_items = take()
             # Hold this batch and the next one's worth of rows: the next batch is prepared during this forward.
             run.feeder.window = max(run.feeder.window, 2 * len(batch_items))
@@ -258,6 +280,18 @@ def run_batched(
             if device_memory_high(scorer.device):
                 free_cached_memory()
         return run.retry_deferred(should_stop)
+
+
+def _forget_dropped(pending: collections.deque, run: _Run) -> None:
+    """Images of runs stopped on their own leave the queue (and the feeder), unscored."""
+    kept = [item for item in pending if not run.dropped(item)]
+    if len(kept) == len(pending):
+        return
+    for item in pending:
+        if run.dropped(item):
+            run.feeder.release(item)
+    pending.clear()
+    pending.extend(kept)
 
 
 def describe_error(exc: BaseException) -> str:

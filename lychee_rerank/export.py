@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 COLUMNS = (
     "rank", "file", "score", "error", "width", "height", "model_width", "model_height", "visual_tokens", "file_bytes",
+    "retrieval_rank", "similarity",  # search then rerank only (empty otherwise): the first stage's place and cosine
 )
 NOT_SCORED = "not scored: the run was stopped before this image"
 # A spreadsheet runs a cell starting with one of these as a formula.
@@ -86,6 +87,8 @@ def records(results: Iterable[ImageResult]) -> list[dict]:
                 "model_height": r.model_height,
                 "visual_tokens": r.visual_tokens,
                 "file_bytes": None if raw_name is None else raw_name.hex(),
+                "retrieval_rank": r.retrieval_rank,
+                "similarity": r.similarity,
             }
         )
     return rows
@@ -123,12 +126,17 @@ def metadata(ranking: "Ranking", **extra) -> dict:
         "quantization": ranking.quantization,
         "mode_used": ranking.mode,
         "elapsed_s": ranking.elapsed_s,
+        "cache_hits": ranking.cache_hits,  # the vision-feature cache; null when it was not used
+        "cache_misses": ranking.cache_misses,
         "cancelled": ranking.cancelled,
         "error": ranking.error,
         "scored": len(ranking.scored),
         "errors": len(ranking.errors),
         "pending": len(ranking.pending),
     }
+    if ranking.retrieval is not None:
+        data["retrieval"] = ranking.retrieval.record()
+        data["not_retrieved"] = ranking.not_retrieved  # images outside the top K: not scored
     if ranking.is_demo:
         data["note"] = "demo model: random weights, the scores mean nothing"
     data.update(extra)
@@ -145,15 +153,16 @@ class OutputError(OSError):
     """An output could not be written; the previous file, if any, is intact. One sentence."""
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that it is either the new file, whole, or the old one, untouched:
-    a temporary file in the same folder, fsync, then rename over the target. A link is written
-    through (its target is replaced). Raises OutputError."""
+def write_atomically(path: str | os.PathLike, text: str | bytes) -> None:
+    """Write ``text`` (UTF-8) or bytes to ``path`` so that it is either the new file, whole, or the
+    old one, untouched: a temporary file in the same folder, fsync, then rename over the target. A
+    link is written through (its target is replaced). Raises OutputError."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     try:
         if not stat.S_ISREG(os.stat(target).st_mode):  # a device or a pipe is written to, never replaced
-            _write_in_place(path, target, text)
+            _write_in_place(path, target, data)
             return
     except FileNotFoundError:
         pass
@@ -164,8 +173,8 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
     except OSError as exc:
         raise OutputError(f"could not write {os.fspath(path)}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         try:
@@ -190,10 +199,10 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
         pass
 
 
-def _write_in_place(path, target: str, text: str) -> None:
+def _write_in_place(path, target: str, data: bytes) -> None:
     try:
-        with open(target, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
+        with open(target, "wb") as file:
+            file.write(data)
     except OSError as exc:
         raise OutputError(f"could not write {os.fspath(path)}: {exc.strerror or exc}") from None
 

@@ -187,6 +187,16 @@ def _open_file(path: str) -> BinaryIO:
     return file
 
 
+def read_file(path: str | os.PathLike) -> bytes:
+    """A regular file's bytes (opened with the same checks as for decoding), or ImageError: for
+    callers that hash what they decode (the collection index)."""
+    with _open_file(os.fspath(path)) as file:
+        try:
+            return file.read()
+        except OSError as exc:
+            raise _unreadable(os.fspath(path), exc) from None
+
+
 def _file_object(source: ImageSource) -> BinaryIO:
     if isinstance(source, (str, os.PathLike)):
         return _open_file(os.fspath(source))
@@ -203,6 +213,18 @@ def _file_object(source: ImageSource) -> BinaryIO:
     if not data:
         raise ImageError("the file is empty")
     return io.BytesIO(data)
+
+
+def read_bytes(source: ImageSource) -> bytes | None:
+    """A file's or an upload's encoded bytes, read once (what is hashed is then what is decoded); None
+    for an already decoded image. Raises ImageError like load_image."""
+    if isinstance(source, Image.Image):
+        return None
+    with _file_object(source) as file:
+        try:
+            return file.read()
+        except OSError as exc:
+            raise _unreadable(os.fspath(source) if isinstance(source, (str, os.PathLike)) else "", exc) from None
 
 
 def _one_line(exc: BaseException) -> str:

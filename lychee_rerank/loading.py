@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .demo_model import DEMO_NAME, ensure_demo_model, is_demo_checkpoint
 from .quantization import (
@@ -95,13 +96,14 @@ def resolve_attention(attention: str, dtype) -> str:
     return "flash_attention_2" if flash_ready else "sdpa"
 
 
-def resolve_source(name: str) -> str:
-    """What to hand to from_pretrained: a checkpoint directory, or a hub id."""
+def resolve_source(name: str, demo: Callable[[], Path] = ensure_demo_model) -> str:
+    """What to hand to from_pretrained: a checkpoint directory, or a hub id. ``demo`` builds the
+    checkpoint that the name 'demo' stands for (the reranker's, or the embedder's)."""
     name = name.strip()
     if not name:
         raise ModelLoadError("no model named; give a hub id, a local directory, or 'demo'")
     if name == DEMO_NAME:
-        return str(ensure_demo_model())
+        return str(demo())
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -128,13 +130,21 @@ def _explain(name: str, exc: BaseException, quantization: str = "none") -> str:
             f"not enough memory to load {name}: it needs about 17 GB of GPU memory in bf16 "
             "(load it in 8-bit or 4-bit, close other programs using the GPU, or use a larger GPU)"
         )
+    return describe_load_failure(name, exc)
+
+
+def describe_load_failure(name: str, exc: BaseException) -> str:
+    """One sentence for a failed from_pretrained: the hub unreachable, or the error's first line."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text:
+        return f"not enough memory to load {name}: close other programs using the memory, or use a smaller model"
     if any(word in text for word in ("connect", "offline", "resolve", "network", "timed out", "max retries")):
         return f"could not download {name}: the Hugging Face Hub cannot be reached; {OFFLINE_HINT}"
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"could not load {name}: {first_line}"
 
 
-def _hub_check(repo_id: str) -> bool:
+def hub_check(repo_id: str) -> bool:
     """Decide quickly how to load a hub id: True to load from the local cache only.
 
     Without this, from_pretrained retries an unreachable hub for minutes before failing.
@@ -198,7 +208,7 @@ def load_model(
     source = resolve_source(name)
     torch_dtype = resolve_dtype(dtype)
     attn = resolve_attention(attention, torch_dtype)
-    local_only = False if Path(source).is_dir() else _hub_check(source)
+    local_only = False if Path(source).is_dir() else hub_check(source)
     quantization = QuantizationChoice("none", "")
     try:
         quantization = resolve_quantization(quantize, source, torch_dtype, local_only)

@@ -31,12 +31,21 @@ class RowFeeder(Generic[Item, Row]):
 
     ``get(item)`` waits for that item's row (re-raising its preparation error); ``release(item)``
     forgets it and lets the pool run further ahead. At most ``window`` rows are held or in progress
-    beyond the one being waited for. ``close()`` cancels what has not started.
+    beyond the one being waited for. ``close()`` cancels what has not started. Items for which
+    ``skip(item)`` is true when their turn comes are not prepared ahead (a run that was dropped).
     """
 
-    def __init__(self, order: Sequence[Item], prepare: Callable[[Item], Row], workers: int, window: int | None = None):
+    def __init__(
+        self,
+        order: Sequence[Item],
+        prepare: Callable[[Item], Row],
+        workers: int,
+        window: int | None = None,
+        skip: Callable[[Item], bool] | None = None,
+    ):
         self._order = list(order)
         self._prepare = prepare
+        self._skip = skip
         self.workers = max(1, workers)
         self.window = max(1, window if window is not None else 2 * self.workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lychee-prepare")
@@ -60,8 +69,10 @@ class RowFeeder(Generic[Item, Row]):
     def _fill(self) -> None:
         with self._lock:
             while self._next < len(self._order) and len(self._futures) < self.window:
-                self._submit(self._order[self._next])
+                item = self._order[self._next]
                 self._next += 1
+                if self._skip is None or not self._skip(item):
+                    self._submit(item)
 
     def get(self, item: Item) -> Row:
         with self._lock:

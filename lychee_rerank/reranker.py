@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .execution import (
     Outcome,
-    ProgressClock,
     describe_error,
     initial_token_budget,
     run_batched,
     run_sequential,
 )
 from .checks import InputError, check_text, load_query_image
+from .feature_cache import CacheUnavailable, FeatureCache, RunCache, default_cache_dir, vision_identity
 from .images import ImageError, ImageSource, probe_image, source_name
+from .jobs import Job, JobRun, JobsScorer, PictureCallback, ProgressCallback, StopFlag, execution, work_of
 from .loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelInfo, ModelLoadError, load_model
 from .pipeline import RowFeeder, available_cpus
 from .results import ImageResult, Progress, Ranking
@@ -27,9 +30,6 @@ from .scoring import PairScorer, PlannedImage, QueryTooLongError
 if TYPE_CHECKING:
     from PIL import Image
 
-ProgressCallback = Callable[[Progress], None]
-PictureCallback = Callable[[int, "Image.Image", tuple[int, int]], None]
-StopFlag = Callable[[], bool] | threading.Event
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +56,8 @@ class Reranker:
         self.model_settings = model_settings or ModelSettings.build(info.name, dtype=info.dtype)
         self._turns = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()  # the head holds the device
+        self._identity: str | None = None  # the vision tower's, for the feature cache ("" if unusable)
+        self._identity_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -110,6 +112,7 @@ class Reranker:
         token_budget: int | None = None,
         preprocess: str = "exact",
         workers: int | None = None,
+        cache: bool | str | os.PathLike | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopFlag | None = None,
     ) -> Ranking:
@@ -119,11 +122,15 @@ class Reranker:
         ``progress`` is called after every image or batch, with the results just finished;
         ``should_stop`` is polled between forwards and stops the run early, keeping what is done.
         ``preprocess``: "exact" (the model card's image path) or "fast" (JPEG draft decoding);
-        ``workers``: preprocessing threads (default: the CPUs this process may use).
+        ``workers``: preprocessing threads (default: the CPUs this process may use);
+        ``cache``: the vision-feature cache -- off (None, the default), True (its default folder,
+        ``$LYCHEE_CACHE/features``) or a folder.
         """
+        cache_dir = default_cache_dir() if cache is True else (cache or None)
         settings = self.settings(
             query, query_image=query_image, instruction=instruction, mode=mode, max_pixels=max_pixels,
             min_pixels=min_pixels, token_budget=token_budget, preprocess=preprocess, workers=workers,
+            cache_dir=cache_dir,
         )
         return self.run(settings, images, names=names, progress=progress, should_stop=should_stop)
 
@@ -149,77 +156,124 @@ class Reranker:
         settings made for another model) raise InputError before any work; an unexpected error during
         the run stops it and is recorded in ``Ranking.error``, with every finished score kept.
         """
-        if settings.model != self.model_settings:
-            raise InputError(
-                f"these settings are for {_describe_model(settings.model)}, but this reranker holds "
-                f"{_describe_model(self.model_settings)}"
-            )
-        if names is not None and len(names) != len(images):
-            raise InputError(f"{len(names)} names for {len(images)} images")
-        scorer = self._scorer(settings)
-        scorer.on_picture = _guarded(on_picture)
-        stop = _as_stop_callable(should_stop)
-        notify = progress or (lambda _event: None)
-        results: list[ImageResult] = [
-            ImageResult(i, names[i] if names is not None else source_name(src, i)) for i, src in enumerate(images)
-        ]
+        return self.run_jobs([Job(settings, images, names, progress, should_stop, on_picture)])[0]
+
+    def run_jobs(self, jobs: Sequence[Job]) -> list[Ranking]:
+        """Several runs in one pass (a service's concurrent requests): their images share forwards
+        under one token budget, each row with its own run's query, instruction and resolution, so
+        each run's scores are those it would get alone. One Ranking per job, in order.
+
+        Each job stops on its own flag (its images are then left pending) and reports its own
+        progress; the pass ends when every job is done or stopped. The jobs must share how they
+        execute (mode, workers, token budget, feature cache): InputError otherwise, before any work.
+        """
+        if not jobs:
+            return []
+        scorer = JobsScorer()
+        try:
+            for job in jobs:
+                scorer.scorers.append(self._checked_scorer(job, jobs[0].settings))
+        except BaseException:
+            scorer.close()  # the feature caches of the runs checked so far
+            raise
+        scorers = scorer.scorers
+        runs = [JobRun(job, self._results(job)) for job in jobs]
+        settings = jobs[0].settings
         used_mode = "sequential" if settings.mode == "sequential" else "batched"
-        if not self._acquire(notify, stop, len(images)):
-            return self._ranking(settings, results, used_mode, 0.0, cancelled=True)
+
+        def notify_all(event: Progress) -> None:
+            for run in runs:
+                run.notify(event)
+
+        def all_stopped() -> bool:
+            return all(run.stop() for run in runs)
+
+        if not self._acquire(notify_all, all_stopped, sum(len(run.results) for run in runs)):
+            scorer.close()
+            return [self._ranking(run.job.settings, run.results, used_mode, 0.0, cancelled=True) for run in runs]
         start = time.perf_counter()  # ranking time only: waiting in the queue does not count
         cancelled, error = False, None
         try:
-            planned, unreadable = self._plan(scorer, images, results)
-            clock = ProgressClock(len(images), _work(planned))
-
-            def record(new: list[ImageResult], work, batch_size: int, budget: int | None) -> None:
-                for result in new:
-                    results[result.index] = result
-                elapsed, rate, eta = clock.advance(len(new), work)
-                notify(Progress(clock.done, clock.total, elapsed, rate, eta, tuple(new), batch_size, budget))
-
-            notify(Progress(0, len(images), 0.0, 0.0, None))  # started: no longer waiting
-            if unreadable:
-                record(unreadable, (0, 0), 0, None)
+            planned: list[PlannedImage] = []
+            for number, (run, own) in enumerate(zip(runs, scorers)):
+                mine, unreadable = self._plan(own, run.job.images, run.results)
+                planned += [dataclasses.replace(item, job=number) for item in mine]
+                run.start(mine, unreadable)
 
             def emit(outcomes: list[Outcome], batch_size: int, budget: int | None) -> None:
-                record([_to_result(o) for o in outcomes], _work([o.item for o in outcomes]), batch_size, budget)
+                for number, run in enumerate(runs):
+                    mine = [o for o in outcomes if o.item.job == number]
+                    if mine:
+                        run.record([_to_result(o) for o in mine], work_of([o.item for o in mine]),
+                                   batch_size, budget)
+
+            # Alone, a run stops as a whole; together, each stops on its own and the others go on.
+            dropped = None if len(runs) == 1 else (lambda item: runs[item.job].stop())
 
             if used_mode == "sequential":
-                cancelled = run_sequential(planned, scorer, emit, stop, settings.workers)
+                cancelled = run_sequential(planned, scorer, emit, all_stopped, settings.workers, dropped)
             else:
                 token_budget = settings.token_budget
                 if token_budget is None:
                     dtype_bytes = self.model.dtype.itemsize
                     token_budget = initial_token_budget(scorer.device, self.model.config, dtype_bytes)
-                cancelled = run_batched(planned, scorer, emit, stop, token_budget, workers=settings.workers)
+                cancelled = run_batched(
+                    planned, scorer, emit, all_stopped, token_budget, workers=settings.workers, dropped=dropped
+                )
         except Exception as exc:  # the finished scores survive; the rest stay pending
             log.debug("ranking stopped by an unexpected error", exc_info=True)  # for whoever enables logging
             error = describe_error(exc)
         finally:
+            scorer.close()  # the feature cache's writes are done: part of the ranking time
             self._release()
-        return self._ranking(settings, results, used_mode, time.perf_counter() - start, cancelled, error)
+        elapsed = time.perf_counter() - start
+        return [
+            self._ranking(run.job.settings, run.results, used_mode, elapsed, cancelled or _dropped(run), error)
+            for run in runs
+        ]
 
     def prepare_only(self, settings: RunSettings, images: Sequence[ImageSource]) -> int:
         """Run only the CPU side of a ranking (planning, decoding, qwen-vl-utils, the processor) on the
         same worker pool, without the model; returns how many images were prepared. The benchmark's
         preprocessing ceiling."""
         scorer = self._scorer(settings)
-        results = [ImageResult(i, source_name(src, i)) for i, src in enumerate(images)]
-        planned, _ = self._plan(scorer, images, results)
+        planned, _ = self._plan(scorer, images, self._results(Job(settings, images)))
         order = sorted(planned, key=lambda i: (-i.sequence_tokens, i.index))
         prepared = 0
-        with RowFeeder(order, scorer.prepare_row, settings.workers or available_cpus()) as feeder:
-            for item in order:
-                try:
-                    feeder.get(item)
-                    prepared += 1
-                except Exception:  # counted as not prepared; rank() reports why
-                    pass
-                feeder.release(item)
+        try:
+            with RowFeeder(order, scorer.prepare_row, settings.workers or available_cpus()) as feeder:
+                for item in order:
+                    try:
+                        feeder.get(item)
+                        prepared += 1
+                    except Exception:  # counted as not prepared; rank() reports why
+                        pass
+                    feeder.release(item)
+        finally:
+            scorer.close()
         return prepared
 
     # -- internals ------------------------------------------------------------------------------
+    def _checked_scorer(self, job: Job, first: RunSettings) -> PairScorer:
+        settings = job.settings
+        if settings.model != self.model_settings:
+            raise InputError(
+                f"these settings are for {_describe_model(settings.model)}, but this reranker holds "
+                f"{_describe_model(self.model_settings)}"
+            )
+        if job.names is not None and len(job.names) != len(job.images):
+            raise InputError(f"{len(job.names)} names for {len(job.images)} images")
+        if execution(settings) != execution(first):
+            raise InputError("runs that share forwards must share the mode, the workers, the token budget and the feature cache")
+        scorer = self._scorer(settings)
+        scorer.on_picture = _guarded(job.on_picture)
+        return scorer
+
+    @staticmethod
+    def _results(job: Job) -> list[ImageResult]:
+        names = job.names
+        return [ImageResult(i, names[i] if names is not None else source_name(src, i)) for i, src in enumerate(job.images)]
+
     def _scorer(self, settings: RunSettings) -> PairScorer:
         """The run's scorer; InputError (one sentence) when the text holds one of this tokenizer's
         own control tokens or leaves no room for an image."""
@@ -229,13 +283,43 @@ class Reranker:
         check_text("the query", settings.query, special)
         check_text("the instruction", settings.instruction, special)
         query_picture = None if settings.query_image is None else load_query_image(settings.query_image.data)
+        cache = self._run_cache(settings)
         try:
             return PairScorer(
                 self.model, self.processor, settings.query, settings.instruction, query_picture,
-                settings.min_pixels, settings.max_pixels, settings.preprocess,
+                settings.min_pixels, settings.max_pixels, settings.preprocess, cache=cache,
+                query_image_bytes=None if settings.query_image is None else settings.query_image.data,
             )
         except QueryTooLongError as exc:
+            if cache is not None:
+                cache.close()
             raise InputError(str(exc)) from None
+
+    def _run_cache(self, settings: RunSettings) -> RunCache | None:
+        """The run's feature cache, or None when off. A folder that cannot be used is a bad setting
+        (InputError); a model whose vision tower cannot be identified runs without the cache."""
+        if settings.cache_dir is None:
+            return None
+        try:
+            store = FeatureCache(settings.cache_dir)
+        except CacheUnavailable as exc:
+            raise InputError(str(exc)) from None
+        identity = self.vision_identity()
+        if identity is None:
+            return None
+        return RunCache(store, identity, settings.min_pixels, settings.max_pixels, settings.preprocess)
+
+    def vision_identity(self) -> str | None:
+        """The digest of the loaded vision tower that the feature cache keys on (computed once), or
+        None when it cannot be read (its weights offloaded): the cache is then not used."""
+        with self._identity_lock:
+            if self._identity is None:
+                try:
+                    self._identity = vision_identity(self.model, self.processor)
+                except CacheUnavailable as exc:
+                    log.warning("the feature cache is not used: %s", exc)
+                    self._identity = ""
+        return self._identity or None
 
     def _plan(self, scorer: PairScorer, images, results) -> tuple[list[PlannedImage], list[ImageResult]]:
         """Read each file's header: its size and token cost, or its error."""
@@ -306,27 +390,9 @@ def _describe_model(model: ModelSettings) -> str:
     return f"{model.name} ({model.dtype}, quantisation {model.quantize})"
 
 
-def _work(items: Sequence[PlannedImage]) -> tuple[int, int]:
-    """The work of scoring these images, for the ETA: the model's (sequence tokens) and the CPU's
-    (pixels decoded, the file's own size)."""
-    tokens = sum(item.sequence_tokens for item in items)
-    pixels = sum((item.size.file_width or item.size.width) * (item.size.file_height or item.size.height) for item in items)
-    return tokens, pixels
-
-
-def _to_result(outcome: Outcome) -> ImageResult:
-    item, row = outcome.item, outcome.row
-    return ImageResult(
-        index=item.index,
-        name=item.name,
-        score=outcome.score,
-        width=item.size.file_width or item.size.width,
-        height=item.size.file_height or item.size.height,
-        model_width=row.model_size[0] if row else None,
-        model_height=row.model_size[1] if row else None,
-        visual_tokens=row.visual_tokens if row else item.visual_tokens,
-        error=outcome.error,
-    )
+def _dropped(run: JobRun) -> bool:
+    """A job stopped on its own before all its images were done."""
+    return run.stopped and any(result.status == "pending" for result in run.results)
 
 
 def _guarded(on_picture: PictureCallback | None) -> Callable[[PlannedImage, "Image.Image"], None] | None:
@@ -342,9 +408,19 @@ def _guarded(on_picture: PictureCallback | None) -> Callable[[PlannedImage, "Ima
     return hook
 
 
-def _as_stop_callable(flag: StopFlag | None) -> Callable[[], bool]:
-    if flag is None:
-        return lambda: False
-    if isinstance(flag, threading.Event):
-        return flag.is_set
-    return flag
+def _to_result(outcome: Outcome) -> ImageResult:
+    item, row = outcome.item, outcome.row
+    return ImageResult(
+        index=item.index,
+        name=item.name,
+        score=outcome.score,
+        width=item.size.file_width or item.size.width,
+        height=item.size.file_height or item.size.height,
+        model_width=row.model_size[0] if row else None,
+        model_height=row.model_size[1] if row else None,
+        visual_tokens=row.visual_tokens if row else item.visual_tokens,
+        error=outcome.error,
+        tokens=row.length if row else None,
+        cached=row.cached if row else None,
+    )
+

@@ -24,6 +24,11 @@ class ImageResult:
     model_height: int | None = None
     visual_tokens: int | None = None
     error: str | None = None
+    retrieval_rank: int | None = None  # search then rerank: the place the first stage gave it (1 = best)
+    similarity: float | None = None  # and the first stage's cosine similarity
+    tokens: int | None = None  # the model's input for this pair: prompt, query (image) and this image
+    # Its vision features came from the feature cache (True) or were computed (False); None: no cache.
+    cached: bool | None = None
 
     @property
     def status(self) -> str:
@@ -43,6 +48,15 @@ def ranked(results: Iterable[ImageResult]) -> list[ImageResult]:
     ]
 
 
+def cache_counts(results: Iterable[ImageResult | None]) -> tuple[int | None, int | None]:
+    """(hits, misses) of the feature cache over these results; (None, None) when none used it."""
+    flags = [r.cached for r in results if r is not None and r.cached is not None]
+    if not flags:
+        return None, None
+    hits = sum(flags)
+    return hits, len(flags) - hits
+
+
 @dataclass(frozen=True)
 class Ranking:
     """A finished (or stopped) run. ``results`` holds one entry per input, in input order."""
@@ -60,6 +74,12 @@ class Ranking:
     error: str | None = None
     settings: "RunSettings | None" = None  # the run's whole settings, recorded in every output
     quantization: str | None = None  # the weights actually loaded ("none", "8bit", "4bit")
+    retrieval: object | None = None  # search then rerank: what the first stage did (retrieval.search.Retrieval)
+
+    @property
+    def not_retrieved(self) -> int:
+        """Images the first stage left out: not scored, by design."""
+        return self.retrieval.not_retrieved if self.retrieval is not None else 0
 
     def ranked(self) -> list[ImageResult]:
         return ranked(self.results)
@@ -76,6 +96,16 @@ class Ranking:
     def pending(self) -> list[ImageResult]:
         return [r for r in self.results if r.status == "pending"]
 
+    @property
+    def cache_hits(self) -> int | None:
+        """Images whose vision features came from the feature cache; None when it was not used."""
+        return cache_counts(self.results)[0]
+
+    @property
+    def cache_misses(self) -> int | None:
+        """Images whose vision features were computed (and stored); None when the cache was not used."""
+        return cache_counts(self.results)[1]
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -91,9 +121,11 @@ class Progress:
     token_budget: int | None = None
     waiting: bool = False  # another run holds the model; this one is queued
     queue_position: int | None = None  # while waiting: 1 = next to run
+    cache_hits: int | None = None  # so far, when the feature cache is used
+    cache_misses: int | None = None
 
     def describe(self) -> str:
-        """'37/120 · 4.2 img/s · ETA 20 s'."""
+        """'37/120 · 4.2 img/s · ETA 20 s · cache 30 hits, 7 misses'."""
         if self.waiting:
             if self.queue_position:
                 return f"waiting for other runs to finish (place {self.queue_position} in the queue)…"
@@ -101,7 +133,14 @@ class Progress:
         text = f"{self.done}/{self.total} · {self.images_per_s:.1f} img/s"
         if self.eta_s is not None and self.done < self.total:
             text += f" · ETA {format_seconds(self.eta_s)}"
+        if self.cache_hits is not None:
+            text += f" · cache {describe_cache(self.cache_hits, self.cache_misses)}"
         return text
+
+
+def describe_cache(hits: int, misses: int) -> str:
+    """'30 hits, 7 misses' (the CLI's summary line and the progress text)."""
+    return f"{hits} hit{'s' * (hits != 1)}, {misses} miss{'es' * (misses != 1)}"
 
 
 def format_seconds(seconds: float) -> str:

@@ -1,9 +1,17 @@
 """Turning (query, image) pairs into model inputs, and model outputs into p("yes").
 
 The image path is the model card's: the decoded, sanitised image goes through qwen-vl-utils'
-``fetch_image`` with its defaults, then the processor with the resolution setting. Each pair becomes
-one *row* (prepared in a worker, reduced to model size at once); rows are collated into a left-padded
-batch exactly as the processor pads a batch, and every processor output reaches the model.
+``fetch_image`` with its defaults, then the processor's image processor with the resolution setting.
+Each pair becomes one *row* (prepared in a worker, reduced to model size at once): its tokens are
+the prompt's, each ``<|image_pad|>`` repeated as many times as the image has visual tokens, exactly
+as the processor builds them (tested bit for bit). Rows are collated into a left-padded batch as the
+processor pads a batch, and every processor output reaches the model.
+
+Images reach the language model as vision features: the forward runs the vision tower on the images
+that have none yet (one call for the whole batch, as the model itself would: its attention is per
+image through ``cu_seqlens``), then the model with ``mm_encoder_outputs``. So the query image goes
+through the tower once per run, not once per row, and with a feature cache (``feature_cache``) an
+image seen before comes with its features and is never decoded, preprocessed or encoded again.
 """
 
 from __future__ import annotations
@@ -11,10 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
-from .images import ImageError, ImageSize, ImageSource
+from .feature_cache import Features, RunCache, content_digest
+from .images import ImageError, ImageSize, ImageSource, read_bytes
 from .preprocess import decoded_size, draft_target, model_card_image, model_card_size, processor_pixels
 from .prompt import NO_TOKEN, YES_TOKEN, render_prompt
 
@@ -36,20 +46,42 @@ class PlannedImage:
     size: ImageSize
     visual_tokens: int
     sequence_tokens: int  # prompt + query image + this image: the length of its row in a batch
+    job: int = 0  # which run it belongs to, when several runs share forwards (Reranker.run_jobs)
+
+
+@dataclass(eq=False)
+class VisionInput:
+    """One image on its way to the language model: its vision features, or until the forward has
+    computed them, its model-size patches. ``key``: where the features go in the feature cache."""
+
+    grid: torch.Tensor  # (1, 3): the image's row of image_grid_thw
+    pixel_values: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    key: str | None = None
 
 
 @dataclass
 class PreparedRow:
-    """One pair's model inputs (batch dimension 1), image already at model size."""
+    """One pair's model inputs (batch dimension 1), its images at model size or already encoded."""
 
     item: PlannedImage
-    inputs: dict
+    inputs: dict  # input_ids, attention_mask, mm_token_type_ids, image_grid_thw
+    images: list[VisionInput]  # in prompt order: the query image (shared by every row), the candidate
     visual_tokens: int  # of the candidate image, as the processor made it
     model_size: tuple[int, int]  # (width, height) of the candidate image as the model sees it
+    cached: bool | None = None  # features from the cache (True), computed (False), no cache (None)
 
     @property
     def length(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
+
+
+@dataclass
+class Batch:
+    """Collated rows: the padded token inputs, and every image in token order."""
+
+    inputs: dict
+    images: list[VisionInput]
 
 
 class PairScorer:
@@ -57,8 +89,8 @@ class PairScorer:
 
     ``prepare_row`` is CPU work (decoding, qwen-vl-utils, the processor) and runs in worker threads
     while ``forward`` runs the model on an earlier batch. ``on_picture(item, picture)``, when set, is
-    shown each image as the model card's path made it (upright, at model size) before it becomes a
-    tensor: a front end's thumbnails then cost no decoding of their own.
+    shown each image as the model card's path made it (upright, at model size) before it becomes
+    patches: a front end's thumbnails then cost no decoding of their own.
     """
 
     on_picture: Callable[[PlannedImage, Image.Image], None] | None = None
@@ -73,23 +105,33 @@ class PairScorer:
         min_pixels: int,
         max_pixels: int,
         preprocess: str = "exact",
+        cache: RunCache | None = None,
+        query_image_bytes: bytes | None = None,
     ):
+        """``cache``: the run's feature cache, or None; ``query_image_bytes``: the query image's
+        encoded bytes, its cache key (without them it is encoded once per run, never stored)."""
         self.model = model
         self.processor = processor
         self.preprocess = preprocess
+        self.cache = cache
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-        # The query image takes the model card's path once; every row then shares it.
         self.query, self.instruction = query, instruction
-        self.query_image = None if query_image is None else model_card_image(query_image)
-        self._query_pixels = None if self.query_image is None else processor_pixels(self.query_image)
         self.prompt = render_prompt(processor, query, instruction, with_query_image=query_image is not None)
         tokenizer = processor.tokenizer
         self.yes_id, self.no_id = (_single_token_id(tokenizer, w) for w in (YES_TOKEN, NO_TOKEN))
         self.patch_size = processor.image_processor.patch_size
+        self.merge = processor.image_processor.merge_size
+        # The prompt's tokens with one placeholder per image, and their modality types: each row
+        # repeats the placeholders (see _row), as the processor expands them before tokenising.
+        self.image_token_id = processor.image_token_id
+        self._prompt_ids = tokenizer(self.prompt, return_tensors="pt")["input_ids"]
+        self._prompt_types = torch.as_tensor(np.asarray(processor.create_mm_token_type_ids(self._prompt_ids)))
+        # The query image takes the model card's path once; every row then shares it (and its features).
+        self._query = None if query_image is None else self._vision_input(query_image, query_image_bytes, "query", None)[0]
         images_in_prompt = 1 + (query_image is not None)
         text_tokens = len(tokenizer(self.prompt, add_special_tokens=False)["input_ids"]) - images_in_prompt
-        query_tokens = 0 if self.query_image is None else self._processor_tokens(*self.query_image.size)
+        query_tokens = 0 if self._query is None else self._tokens(self._query.grid)
         self._base_tokens = text_tokens + query_tokens
         self.max_sequence_tokens = _max_positions(model.config)
         limit = min(TRAINED_INPUT_TOKENS, self.max_sequence_tokens)
@@ -150,52 +192,88 @@ class PairScorer:
 
     # -- preprocessing (worker threads) ---------------------------------------------------------
     def prepare_row(self, item: PlannedImage) -> PreparedRow:
-        """Decode, reduce to model size and tokenise one pair. Raises ImageError or another
-        exception for this image alone."""
-        picture = model_card_image(item.source, reduce_to=self._draft_target(item.size))
-        if self.on_picture is not None:
-            self.on_picture(item, picture)
+        """Decode, reduce to model size and tokenise one pair -- or, for an image in the feature
+        cache, only read its bytes and its features. Raises ImageError or another exception for this
+        image alone."""
+        # With a cache the file is read once: the bytes hashed are the bytes decoded.
+        data = None if self.cache is None else read_bytes(item.source)
+        source = item.source if data is None else data
+        shown = None if self.on_picture is None else (lambda picture: self.on_picture(item, picture))
+        image, cached = self._vision_input(source, data, "document", self._draft_target(item.size), shown)
+        return self._row(item, image, cached)
+
+    def _vision_input(self, source, data: bytes | None, kind: str, reduce_to, shown=None) -> tuple[VisionInput, bool | None]:
+        """The image's features from the cache (True), else its patches, keyed for the cache when
+        there is one (False) or not (None: no cache, or a decoded image without bytes to key on)."""
+        key = None if self.cache is None or data is None else self.cache.key(content_digest(data), kind)
+        found = None if key is None else self.cache.get(key)
+        if found is not None:
+            return VisionInput(found.grid, features=found.features), True
+        image = self._patches(source, reduce_to, shown)
+        image.key = key
+        return image, None if key is None else False
+
+    def _patches(self, source, reduce_to: tuple[int, int] | None, shown=None) -> VisionInput:
+        """The model card's image path, then the image processor: the model-size patches and grid.
+        ``shown(picture)``: the picture before it becomes patches (PairScorer.on_picture)."""
+        picture = model_card_image(source, reduce_to=reduce_to)
+        if shown is not None:
+            shown(picture)
         pixels = processor_pixels(picture)
         del picture
-        images = [pixels] if self._query_pixels is None else [self._query_pixels, pixels]
-        inputs = dict(
-            self.processor(
-                text=[self.prompt],
-                images=[images],
-                padding=True,
-                return_tensors="pt",
-                size=self.size,
-                input_data_format="channels_first",
-            )
+        out = self.processor.image_processor(
+            images=[pixels], size=self.size, input_data_format="channels_first", return_tensors="pt"
         )
-        del pixels, images  # the decoded pixels are not kept: only the model-size patches are
+        del pixels  # the decoded pixels are not kept: only the model-size patches are
         # The forward casts to the model's dtype anyway; doing it here halves what waits in memory.
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        _, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][-1])
-        merge = self.processor.image_processor.merge_size
-        size = (grid_w * self.patch_size, grid_h * self.patch_size)
-        return PreparedRow(item, inputs, grid_h * grid_w // merge**2, size)
+        return VisionInput(out["image_grid_thw"], pixel_values=out["pixel_values"].to(self.model.dtype))
 
-    def collate(self, rows: list[PreparedRow]) -> dict:
+    def close(self) -> None:
+        """Wait for the feature cache's writes (nothing to do without a cache)."""
+        if self.cache is not None:
+            self.cache.close()
+
+    def _tokens(self, grid: torch.Tensor) -> int:
+        return int(grid.prod()) // self.merge**2
+
+    def _row(self, item: PlannedImage, image: VisionInput, cached: bool | None) -> PreparedRow:
+        """The pair's inputs as the processor makes them: each image placeholder repeated once per
+        visual token of its image, and the modality types (text 0, image 1) repeated alike."""
+        images = [image] if self._query is None else [self._query, image]
+        grid = torch.cat([i.grid for i in images])
+        repeats = torch.ones(self._prompt_ids.shape[1], dtype=torch.long)
+        repeats[(self._prompt_ids[0] == self.image_token_id).nonzero().flatten()] = grid.prod(-1) // self.merge**2
+        input_ids = self._prompt_ids.repeat_interleave(repeats, dim=1)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": self._prompt_types.repeat_interleave(repeats, dim=1),
+            "image_grid_thw": grid,
+        }
+        _, grid_h, grid_w = (int(v) for v in image.grid[0])
+        size = (grid_w * self.patch_size, grid_h * self.patch_size)
+        return PreparedRow(item, inputs, images, self._tokens(image.grid), size, cached)
+
+    def collate(self, rows: list[PreparedRow]) -> Batch:
         """One batch from rows, as the processor would pad it: left padding, every output kept."""
         if len(rows) == 1:
-            batch = dict(rows[0].inputs)
+            inputs = dict(rows[0].inputs)
         else:
             width = max(row.length for row in rows)
             pad_id = self.processor.tokenizer.pad_token_id
-            batch = {}
+            inputs = {}
             for key in rows[0].inputs:
                 values = [row.inputs[key] for row in rows]
-                if key in ("pixel_values", "image_grid_thw"):
-                    batch[key] = torch.cat(values)
+                if key == "image_grid_thw":
+                    inputs[key] = torch.cat(values)
                 elif values[0].dim() == 2 and values[0].shape[0] == 1:  # per-token: pad on the left
                     fill = pad_id if key == "input_ids" else 0
-                    batch[key] = torch.cat([_left_pad(v, width, fill) for v in values])
+                    inputs[key] = torch.cat([_left_pad(v, width, fill) for v in values])
                 else:
                     raise ValueError(f"unexpected processor output {key!r}: cannot batch it")
         if self.device.type == "cuda":  # page-locked host memory: the copy to the GPU runs asynchronously
-            batch = {k: v.pin_memory() if _on_cpu(v) else v for k, v in batch.items()}
-        return batch
+            inputs = {k: v.pin_memory() if _on_cpu(v) else v for k, v in inputs.items()}
+        return Batch(inputs, [image for row in rows for image in row.images])
 
     # -- model ----------------------------------------------------------------------------------
     @property
@@ -203,12 +281,44 @@ class PairScorer:
         return self.model.device
 
     @torch.inference_mode()
-    def forward(self, batch: dict) -> list[float]:
+    def forward(self, batch: Batch) -> list[float]:
         """p("yes") for each row of a collated batch, in batch order."""
-        inputs = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        computed = self._encode([image for image in dict.fromkeys(batch.images) if image.features is None])
+        inputs = {k: self._to_device(v) for k, v in batch.inputs.items()}
+        features = tuple(self._to_device(image.features) for image in batch.images)
         # Only the last position's logits are needed: never materialise the full-vocabulary logits.
-        logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
-        return yes_probability(logits, self.yes_id, self.no_id).tolist()
+        logits = self.model(
+            **inputs, mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+            use_cache=False, logits_to_keep=1,
+        ).logits[:, -1, :]
+        scores = yes_probability(logits, self.yes_id, self.no_id).tolist()
+        if self.cache is not None:  # after the scores: the device is idle, the copies are quick
+            for image in computed:
+                if image.key is not None:
+                    self.cache.put_later(image.key, Features(image.features.cpu(), image.grid))
+        return scores
+
+    def _encode(self, images: list[VisionInput]) -> list[VisionInput]:
+        """Run the vision tower on these images, in one call as the model itself would (its attention
+        is per image: the same computation whether images go alone or together); each keeps its
+        features, so a batch retried after running out of memory does not encode it again."""
+        if not images:
+            return images
+        grid = torch.cat([image.grid for image in images])
+        pixels = torch.cat([image.pixel_values for image in images])
+        out = self.model.get_image_features(self._to_device(pixels), self._to_device(grid), return_dict=True)
+        for image, features in zip(images, out.pooler_output):
+            image.features, image.pixel_values = features, None
+        return images
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device == self.device:
+            return tensor
+        if self.device.type == "cuda" and _on_cpu(tensor) and not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
 
 def _on_cpu(value) -> bool:

@@ -87,6 +87,9 @@ class RunSettings:
     mode: str = "auto"  # "auto", "batched" or "sequential": same scores, different memory and speed
     workers: int | None = None  # preprocessing threads (default: the CPUs this process may use)
     token_budget: int | None = None  # tokens per forward (default: from the free device memory)
+    # The vision-feature cache's folder, or None: off (lychee_rerank.feature_cache). Execution only:
+    # the same scores with or without it.
+    cache_dir: str | None = None
 
     @classmethod
     def build(
@@ -106,6 +109,7 @@ class RunSettings:
         mode: str = "auto",
         workers: int | None = None,
         token_budget: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> "RunSettings":
         """Checked settings, or InputError with one sentence. ``model`` is a ModelSettings, or a
         name that ``dtype``/``quantize``/``attention`` complete. A query image given as a path, a
@@ -135,6 +139,7 @@ class RunSettings:
             mode=_choice("mode", mode, MODES),
             workers=workers,
             token_budget=token_budget,
+            cache_dir=_cache_dir(cache_dir),
         )
 
     def replace(self, **changes) -> "RunSettings":
@@ -171,6 +176,7 @@ class RunSettings:
             "mode": self.mode,
             "workers": self.workers,
             "token_budget": self.token_budget,
+            "cache_dir": self.cache_dir,
         }
 
 
@@ -182,6 +188,18 @@ _CHANGE_NAMES = {
     "min_pixels": "resolution",
     "max_pixels": "resolution",
 }
+
+
+def _cache_dir(path: str | os.PathLike | None) -> str | None:
+    """The feature cache's folder, absolute (created, and checked to be usable, when a run opens it:
+    on Ray, where the replicas run)."""
+    if path is None:
+        return None
+    text = os.fspath(path).strip()
+    if not text:
+        raise InputError("the feature cache folder is empty; name a folder, or turn the cache off")
+    check_text("the feature cache folder", text)
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def _query_image(source: ImageSource | QueryImage | None, name: str | None) -> QueryImage | None:

@@ -26,7 +26,8 @@ from pathlib import Path
 import streamlit as st
 
 from lychee_rerank import DEFAULT_INSTRUCTION, DEMO_NAME, PREPROCESS_MODES, InputError, ModelSettings, QueryImage as QueryPicture, RunSettings
-from ui import allowlist, engine_text, fmt, i18n, media, results, session, sources
+from lychee_rerank import feature_cache
+from ui import allowlist, engine_text, fmt, i18n, index_panel, media, results, session, sources
 from ui import model as model_ui
 from ui import state as run_state
 from ui.i18n import t
@@ -46,6 +47,7 @@ PIXELS_PER_TOKEN = 28 * 28
 LIVE_REFRESH_S = 1.0
 PERSIST = "session"  # inputs keep their values across page switches
 SKIPPED_SHOWN = 500  # rows of the skipped-files table
+NOT_RETRIEVED_KEY = "not_retrieved"  # search then rerank: the folder's images left out of the top K
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def _folder_problem(error: sources.FolderError | None, found, choices: list[sour
     return message
 
 
-def _server_inputs(root: Path) -> list[Item]:
+def _server_inputs(root: Path) -> tuple[list[Item], int | None]:
     choices = _folder_picker(root)
     _scan_server_folder()
     state = st.session_state[SERVER_KEY]
@@ -232,10 +234,10 @@ def _server_inputs(root: Path) -> list[Item]:
     if problem:
         st.error(problem, icon=":material/folder_off:")
         if found is None:
-            return []
+            return [], None
     if found is None:
         st.caption(t("server_folder_hint", root=fmt.md_escape(root)))
-        return []
+        return [], None
     left, right = st.columns([3, 1], vertical_alignment="center")
     if found.items:
         left.caption(t("server_found", n=len(found.items), folder=fmt.md_escape(found.folder),
@@ -248,10 +250,11 @@ def _server_inputs(root: Path) -> list[Item]:
                          hide_index=True, width="stretch", key="skipped_table")
             if len(found.skipped) > SKIPPED_SHOWN:
                 st.caption(t("server_skipped_more", n=len(found.skipped) - SKIPPED_SHOWN))
-    return list(found.items)
+    k = index_panel.panel(root, found.folder, list(found.items)) if found.items else None  # search then rerank
+    return list(found.items), k
 
 
-def _inputs() -> tuple[QueryImage | None, list[Item], str]:
+def _inputs() -> tuple[QueryImage | None, list[Item], str, int | None]:
     query_image = _query_inputs()
     with st.expander(t("advanced")):
         st.text_area(
@@ -269,8 +272,8 @@ def _inputs() -> tuple[QueryImage | None, list[Item], str]:
     options = ("files", "folder", "server") if root is not None else ("files", "folder")
     source = choice("radio", t("upload_source"), options, store_key="upload_source", default="files",
                     labels="src_", horizontal=True)
-    items = _server_inputs(root) if source == "server" else _upload_inputs(folder=source == "folder")
-    return query_image, items, source
+    items, k = _server_inputs(root) if source == "server" else (_upload_inputs(folder=source == "folder"), None)
+    return query_image, items, source, k
 
 
 def _current_settings(query_image: QueryImage | None, outcome) -> tuple[RunSettings | None, str | None]:
@@ -292,9 +295,17 @@ def _current_settings(query_image: QueryImage | None, outcome) -> tuple[RunSetti
             max_pixels=int(tokens) * PIXELS_PER_TOKEN,
             preprocess=st.session_state.get("preprocess") or "exact",
             mode=st.session_state.get("mode") or "auto",
+            cache_dir=_feature_cache_dir(),
         ), None
     except InputError as exc:
         return None, engine_text.sentence(str(exc))
+
+
+def _feature_cache_dir() -> str | None:
+    """The vision-feature cache, on by default (a second question about the same images skips their
+    decoding and vision tower); off when LYCHEE_FEATURE_CACHE=off or its folder cannot be written."""
+    folder = feature_cache.default_cache_dir()
+    return None if folder is None or feature_cache.cache_dir_problem(folder) else folder
 
 
 def _same_files(run: Run, items: list[Item]) -> bool:
@@ -365,13 +376,15 @@ def main() -> None:
 
     if action == "rank" and st.session_state.get("upload_source") == "server":
         _scan_server_folder(force=True)  # rank what is in the folder now
-    query_image, items, source = _inputs()
+    query_image, items, source, retrieve_k = _inputs()
     settings, settings_error = _current_settings(query_image, outcome)
     run: Run | None = st.session_state.get(RUN_KEY)
     same_scores = run is not None and settings is not None and not settings.changes(run.settings)
 
     # Same query, other files: keep the scores of the files still there, the new ones wait for Resume.
-    if run is not None and not run.running and items and same_scores and not _same_files(run, items):
+    # (Not while searching the index: a run then holds the top K only, by design.)
+    if (run is not None and not run.running and items and same_scores and retrieve_k is None
+            and not _same_files(run, items)):
         run = run.rebase(items)
         st.session_state[RUN_KEY] = run
 
@@ -387,8 +400,16 @@ def main() -> None:
         elif settings is None:
             notice = settings_error or t("need_query")
         else:
+            first_stage = None
+            if retrieve_k is not None:  # search the index, rerank only the top K
+                state = st.session_state[SERVER_KEY]
+                items, first_stage, left_out = index_panel.top_k(
+                    sources.data_dir(), state["found"].folder, items, settings, retrieve_k)
+                st.session_state[NOT_RETRIEVED_KEY] = left_out
+            else:
+                st.session_state.pop(NOT_RETRIEVED_KEY, None)
             run = Run(settings, items, model_name=reranker.info.name, is_demo=reranker.info.is_demo,
-                      quantization=reranker.info.quantization)
+                      quantization=reranker.info.quantization, results=first_stage)
             st.session_state[RUN_KEY] = run
             _start(run, reranker, settings)
     elif action == "resume" and run is not None and not run.running and reranker is not None:
@@ -396,6 +417,7 @@ def main() -> None:
             _start(run, reranker, settings)
     elif action == "clear" and run is not None and not run.running:
         st.session_state.pop(RUN_KEY, None)
+        st.session_state.pop(NOT_RETRIEVED_KEY, None)
         st.session_state.pop(results.VIEWER_KEY, None)
         run = None
         if source != "server":
@@ -419,6 +441,8 @@ def main() -> None:
                    help=t("clear_server_help") if source == "server" else t("clear_help"))
     if notice:
         st.warning(notice, icon=":material/info:")
+    if run is not None and st.session_state.get(NOT_RETRIEVED_KEY):
+        st.caption(t("not_retrieved", k=len(run.items), n=st.session_state[NOT_RETRIEVED_KEY]))
 
     if running:
         _live_panel()

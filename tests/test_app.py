@@ -718,7 +718,7 @@ def test_the_live_panel_shows_the_place_in_the_queue(app, monkeypatch):
     def queued(self, settings, images, **kwargs):
         kwargs["progress"](Progress(0, len(images), 0.0, 0.0, None, waiting=True, queue_position=3))
         release.wait(10)
-        return Ranking(query, "", tuple(ImageResult(i, n) for i, n in enumerate(kwargs["names"])), "batched", 0.0,
+        return Ranking(settings.query, "", tuple(ImageResult(i, n) for i, n in enumerate(kwargs["names"])), "batched", 0.0,
                        cancelled=True)
 
     monkeypatch.setattr(Reranker, "run", queued)
@@ -950,3 +950,28 @@ def test_the_filters_help_says_what_each_download_holds(app):
     for key in ("top_k", "min_score"):
         widget = app.number_input(key=key) if key == "top_k" else app.slider(key=key)
         assert "CSV and JSON always hold the full ranking" in widget.help and "the ZIP holds the images shown" in widget.help
+
+
+def test_server_folder_is_indexed_and_search_then_rerank_scores_only_the_top_k(data_dir, app, monkeypatch, tmp_path):
+    monkeypatch.setenv("LYCHEE_EMBEDDER", "demo")
+    monkeypatch.setenv("LYCHEE_INDEX_DIR", str(tmp_path / "library.index"))
+    app.run()
+    use_server_folder(app, "photos")
+    assert any(c.value == "3 images, 0 indexed" for c in app.caption)
+    app.button(key="index_button").click().run()
+    job = app.session_state["index_job"]
+    job.thread.join(timeout=120)
+    assert not job.running and job.error is None, job.error
+    app.run()
+    assert any(c.value == "3 images, 3 indexed" for c in app.caption)
+
+    app.radio(key="rerank_scope__en").set_value("top").run()
+    app.number_input(key="retrieve_k").set_value(2).run()
+    app.text_input(key="query").set_value(QUERY)
+    app.button(key="rank_button").click().run()
+    wait_for_run(app)
+    run = app.session_state["run"]
+    assert len(run.items) == 2 and run.scored_count() == 2
+    assert sorted(r.retrieval_rank for r in run.results) == [1, 2]  # the first stage's place stays beside the score
+    assert all(r.similarity is not None for r in run.results)
+    assert any("the other 1 were not scored" in c.value for c in app.caption)

@@ -231,7 +231,7 @@ def test_no_overlap_and_worker_threads_levers_keep_the_scores(reranker, tmp_path
     expected = [r.score for r in reranker.rank("a cat", paths).results]
     with levers.engine_levers(overlap=False):
         assert [r.score for r in reranker.rank("a cat", paths).results] == expected
-        assert reranker.prepare_only("a cat", paths) == 3
+        assert reranker.prepare_only(reranker.settings("a cat"), paths) == 3
     with levers.engine_levers(worker_torch_threads=1):
         assert [r.score for r in reranker.rank("a cat", paths, workers=2).results] == pytest.approx(expected, abs=1e-6)
 
@@ -406,12 +406,30 @@ def test_several_worker_counts_are_measured_side_by_side_each_with_its_ceiling(t
         assert r["preprocess_ceiling_images_per_s"] == c["images_per_s"] > 0
 
 
+def test_the_repeat_question_case_measures_no_cache_cold_and_warm_and_checks_the_scores(tmp_path, capsys):
+    out_json = tmp_path / "repeat.json"
+    code = bench.main(["--arch", "tiny", "--images", "3", "--size", "56", "--modes", "batched", "--repeat-question",
+                       "--image-cache", str(tmp_path / "images"), "--json", str(out_json)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "repeat question" in printed and "spared per image" in printed and "check (warm <= 1/3 of cold" in printed
+    [run] = json.loads(out_json.read_text())["repeat_question"]
+    assert (run["mode"], run["images"], run["entries"]) == ("batched", 3, 3)
+    assert (run["cold"]["cache_hits"], run["cold"]["cache_misses"]) == (0, 3)
+    assert (run["warm"]["cache_hits"], run["warm"]["cache_misses"]) == (3, 0)
+    assert (run["no_cache"]["cache_hits"], run["no_cache"]["cache_misses"]) == (None, None)
+    assert run["max_abs_score_diff_warm_vs_no_cache"] <= 2e-5
+    assert run["warm_over_cold"] == pytest.approx(run["warm"]["elapsed_s"] / run["cold"]["elapsed_s"])
+    assert run["vision_tower_calls"] >= 1 and run["vision_tower_s"] > 0 and run["cpu_side_alone_s"] > 0
+    assert run["cache_bytes_per_image"] > 0 and run["hash_ms_per_image"] > 0 and run["file_bytes_mean"] > 0
+
+
 def test_bench_is_wired_into_the_cli():
     proc = _run("--help")
     assert proc.returncode == 0, proc.stderr
     for option in ("--arch", "--model", "--images", "--size", "--modes", "--json", "--plot", "--memory-run",
                    "--report-every", "--token-budget", "--attention", "--max-pixels", "--workers", "--preprocess",
-                   "--baseline", "--no-overlap", "--no-gc", "--quantize"):
+                   "--baseline", "--no-overlap", "--no-gc", "--quantize", "--repeat-question"):
         assert option in proc.stdout
 
 

@@ -6,6 +6,7 @@
   visit the GPU monitor; the page fetches nothing from outside the server and the chart logs no
   warning;
 - rank a folder on the server ($LYCHEE_DATA_DIR) without uploading anything;
+- index that folder, then search the index and rerank only the top K;
 - a model name that is not on the allow-list is refused in one sentence;
 - closing the tab of a running 1,000-image run frees the model within 10 seconds;
 - the uploads of a closed tab leave the server's memory once its session has ended (nothing in the
@@ -73,6 +74,8 @@ def server(demo_cache, data_dir):
     env = {
         "LYCHEE_CACHE": str(demo_cache),
         "LYCHEE_DATA_DIR": str(data_dir),
+        "LYCHEE_EMBEDDER": "demo",  # the collection index's embedder (search then rerank)
+        "LYCHEE_INDEX_DIR": str(data_dir.parent / "library.index"),
         # a closed tab's session is kept 2 s for a reconnect (default 2 minutes): then it has ended
         "STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": "2",
     }
@@ -208,6 +211,25 @@ def test_a_server_folder_is_ranked_without_uploading(page):
     rows = list(csv.DictReader(io.StringIO(download(page, "Download CSV").read_text(encoding="utf-8"))))
     assert sorted(row["file"] for row in rows) == ["few/scene_000.jpg", "few/scene_001.png", "few/scene_002.webp",
                                                    "few/sub/scene_000.jpg"]
+
+
+def test_a_server_folder_is_indexed_then_searched_and_only_the_top_k_reranked(page):
+    type_query(page)
+    choose_server_folder(page, "few")
+    page.get_by_text("4 images, 0 indexed").wait_for()
+    page.get_by_role("button", name="Index").click()
+    page.get_by_text("4 images, 4 indexed").wait_for(timeout=60_000)
+    wait_idle(page)
+    page.get_by_text("Search the index, rerank the top K", exact=True).click()
+    k = page.get_by_label("K (images to rerank)")
+    k.fill("2")
+    k.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Rank images").click()
+    page.get_by_text(re.compile(r"^2 images ranked in")).wait_for()
+    expect(page.get_by_role("button", name=CARD_NAME)).to_have_count(2)
+    expect(page.get_by_text(re.compile(r"the other 2 were not scored"))).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "search-then-rerank.png", full_page=True)
 
 
 def test_a_model_not_on_the_allow_list_is_refused(page):

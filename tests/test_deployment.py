@@ -556,3 +556,26 @@ def test_streamlit_config_turns_off_file_watching():
     assert out.stdout.split() == ["none", "NoOpPathWatcher"], out.stdout
     elsewhere = _run([sys.executable, "-c", probe], cwd=ROOT / "tests")  # no config file there: the default
     assert elsewhere.stdout.split()[0] == "auto", elsewhere.stdout
+
+
+def test_compose_offers_the_rerank_service_on_request_on_loopback_with_the_api_key(tmp_path):
+    """The /v1/rerank service (docs/service.md) starts only with its profile: never a second copy of
+    the weights beside the app on one GPU by default."""
+    from lychee_rerank.cli import build_parser
+
+    default, _ = _compose_config(tmp_path)
+    assert "lychee-rerank-service" not in default["services"]
+    model, stderr = _compose_config(tmp_path, COMPOSE_PROFILES="service", LYCHEE_API_KEY="k3y")
+    assert "warn" not in stderr.lower(), stderr
+    service = model["services"]["lychee-rerank-service"]
+    assert service["image"] == model["services"][SERVICE]["image"]
+    assert service["command"][:4] == ["python", "-m", "lychee_rerank", "serve"]
+    build_parser().parse_args(service["command"][3:])  # the command's arguments are the CLI's
+    assert [(p.get("host_ip", ""), str(p["published"]), int(p["target"])) for p in service["ports"]] == [
+        ("127.0.0.1", "8000", 8000)
+    ]
+    assert service["environment"]["LYCHEE_API_KEY"] == "k3y"
+    assert service["environment"]["LYCHEE_DATA_DIR"] == "/data"
+    assert "http://localhost:8000/health" in " ".join(service["healthcheck"]["test"])
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["count"] == 1 and "gpu" in devices[0]["capabilities"]

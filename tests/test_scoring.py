@@ -265,18 +265,26 @@ def test_token_budget_never_drops_its_ceiling_below_a_size_that_succeeded():
 
 
 class PickyProcessor:
-    """The model's processor, except that it rejects images of one size."""
+    """The model's processor, except that its image processor rejects images of one size."""
 
     def __init__(self, processor, odd_size):
-        self._processor, self._odd_size = processor, odd_size
+        self._processor, self.image_processor = processor, PickyImageProcessor(processor.image_processor, odd_size)
 
     def __getattr__(self, name):
         return getattr(self._processor, name)
 
+
+class PickyImageProcessor:
+    def __init__(self, image_processor, odd_size):
+        self._image_processor, self._odd_size = image_processor, odd_size
+
+    def __getattr__(self, name):
+        return getattr(self._image_processor, name)
+
     def __call__(self, *args, images=None, **kwargs):
-        if any(_size(image) == self._odd_size for row in images for image in row):
+        if any(_size(image) == self._odd_size for image in images):
             raise ValueError("unsupported image")
-        return self._processor(*args, images=images, **kwargs)
+        return self._image_processor(*args, images=images, **kwargs)
 
 
 def _size(image) -> tuple[int, int]:

@@ -10,6 +10,7 @@ import pytest
 
 from imagegen import encode, photo
 from lychee_rerank import InputError, ModelSettings, Reranker, RunSettings
+from lychee_rerank.feature_cache import default_cache_dir
 from test_cli import NO_MODEL, run_cli
 
 CLOSES_THE_PROMPT = "a cat<|im_end|>\n<|im_start|>assistant\nyes"
@@ -89,6 +90,6 @@ def test_the_json_records_the_runs_whole_settings(tmp_path):
     data = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
     expected = RunSettings.build("一只猫", model="demo", dtype="float32", query_image=str(tmp_path / "q.png"),
                                  query_image_name="q.png", instruction="Find cats.", preprocess="fast",
-                                 max_pixels=50176, mode="sequential").record()
-    assert {key: data[key] for key in expected} == expected
+                                 max_pixels=50176, mode="sequential", cache_dir=default_cache_dir()).record()
+    assert {key: data[key] for key in expected} == expected  # the CLI's feature cache is on by default
     assert data["mode_used"] == "sequential" and data["demo_model"] is True and data["quantization"] == "none"

@@ -205,6 +205,24 @@ STRINGS: dict[str, tuple[str, str]] = {
     "need_model": ("Load a model first (see above).", "请先加载模型（见上方）。"),
     "need_query": ("Type a query (or add a query image) first.", "请先输入查询（或添加查询图片）。"),
     "need_files": ("Upload some images first.", "请先上传图片。"),
+    "index_status": ("{n} images, {m} indexed", "{n} 张图片，已索引 {m} 张"),
+    "index_action": ("Index", "建立索引"),
+    "index_help": (
+        "Embed the folder's new and changed images into the search index (files already indexed are not read "
+        "again); then a query can rerank only the most similar images.",
+        "将文件夹中新增和修改的图片写入搜索索引（已索引的文件不会重新读取）；之后查询时可只重排序最相似的图片。",
+    ),
+    "indexing": ("Indexing: {progress}", "正在建立索引：{progress}"),
+    "stop_indexing": ("Stop", "停止"),
+    "rerank_scope": ("Images to rerank", "重排序范围"),
+    "scope_all": ("Rerank every image", "重排序所有图片"),
+    "scope_top": ("Search the index, rerank the top K", "先检索索引，再重排序前 K 张"),
+    "retrieve_k": ("K (images to rerank)", "K（重排序的图片数）"),
+    "not_retrieved": (
+        "Search then rerank: the top {k} images by similarity were reranked; the other {n} were not scored "
+        "(outside the top K).",
+        "先检索后重排序：按相似度取前 {k} 张进行重排序；其余 {n} 张未评分（不在前 K 张之内）。",
+    ),
     "need_folder": ("Choose a folder with images first.", "请先选择包含图片的文件夹。"),
     "need_good_query_image": (
         "The query image cannot be used (see above): upload another one, or remove it.",

@@ -179,7 +179,11 @@ class Run:
         def store(result: ImageResult) -> None:
             """Keep a finished result at its place in the full list (the engine saw a subset)."""
             original = indices[result.index]
-            self.results[original] = dataclasses.replace(result, index=original, rank=None)
+            first_stage = self.results[original]  # search then rerank: its retrieval rank and similarity stay
+            self.results[original] = dataclasses.replace(
+                result, index=original, rank=None,
+                retrieval_rank=first_stage.retrieval_rank, similarity=first_stage.similarity,
+            )
 
         def on_progress(event: Progress) -> None:
             with self.lock:

@@ -25,6 +25,7 @@ from .measure import (
     memory_run,
 )
 from .memory import MemorySampler
+from .repeat import describe as describe_repeat, measure_repeat_question
 from .models import cuda_available, load_model_under_test
 from .report import count, format_table, gib, load_average, machine_info, size_label, workers_label, write_plot
 from .settings import (
@@ -128,6 +129,7 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
             "ceiling": s.ceiling,
             "seed": s.seed,
             "repeat": s.repeat,
+            "repeat_question": s.repeat_question,
         },
         "peak_tflops": peak_tflops,
         "score_tolerance": SCORE_TOLERANCE,
@@ -137,9 +139,10 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
         "baseline": {},
         "speedup": {},
         "memory_run": None,
+        "repeat_question": [],
     }
     baseline_loop = None
-    if s.baseline and not s.memory_run:
+    if s.baseline and not (s.memory_run or s.repeat_question):
         from .baseline import ModelCardLoop
 
         baseline_loop = ModelCardLoop(model, under_test.processor_source, s.max_pixels)
@@ -168,13 +171,20 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
                         out(f"{PROG}: {mode} {size_label(workload.label)}, {workers_label(run['workers'])}: memory {state} "
                             f"over {len(paths)} images, peak RSS {gib(run['peak_rss_bytes'])}")
                 continue
+            if s.repeat_question:
+                for mode in s.modes:
+                    run = measure_repeat_question(reranker, paths, mode, workload.label, options,
+                                                  described["text_tokens"], sampler, peak_tflops)
+                    describe_repeat(run, out)
+                    report["repeat_question"].append(run)
+                continue
             _measure_workload(reranker, model, baseline_loop, paths, workload.label, s, options, described,
                               sampler, peak_tflops, report, out)
     report["machine"]["load_average_end"] = load_average()
     if report["results"]:
         out("")
         out(format_table(report))
-    for r in report["results"]:
+    for r in report["results"] + [run[k] for run in report["repeat_question"] for k in ("no_cache", "cold", "warm")]:
         r.pop("scores", None)  # compared already; not worth the JSON's size
     try:
         if s.json_path:
@@ -187,6 +197,7 @@ def _run(s: Settings, argv: list[str], out: Callable[[str], None] = print) -> in
     except OSError as exc:
         raise BenchError(f"cannot write the output: {exc}", code=1) from None
     runs = report["results"] + (report["memory_run"] or {}).get("runs", [])
+    runs += [run[k] for run in report["repeat_question"] for k in ("no_cache", "cold", "warm")]
     return 1 if any(r.get("errors") for r in runs) else 0
 
 

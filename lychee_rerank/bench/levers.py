@@ -48,7 +48,8 @@ class InlineRowFeeder(Generic[Item, Row]):
     """``RowFeeder``'s interface with no pool: ``get(item)`` prepares the row there and then, in the
     calling thread (kept until ``release``, as the engine expects for its out-of-memory retries)."""
 
-    def __init__(self, order: Sequence[Item], prepare: Callable[[Item], Row], workers: int = 1, window: int | None = None):
+    def __init__(self, order: Sequence[Item], prepare: Callable[[Item], Row], workers: int = 1, window: int | None = None,
+                 skip: Callable[[Item], bool] | None = None):  # nothing is prepared ahead: nothing to skip
         self._prepare = prepare
         self._rows: dict[Item, Row] = {}
         self.workers = 0
@@ -78,7 +79,7 @@ def feeder_with_worker_threads(feeder_class, threads: int):
     import torch
 
     class WorkerThreadsFeeder(feeder_class):
-        def __init__(self, order, prepare, workers, window=None):
+        def __init__(self, order, prepare, workers, window=None, skip=None):
             configured = threading.local()
 
             def prepare_with_threads(item):
@@ -87,7 +88,7 @@ def feeder_with_worker_threads(feeder_class, threads: int):
                     configured.done = True
                 return prepare(item)
 
-            super().__init__(order, prepare_with_threads, workers, window)
+            super().__init__(order, prepare_with_threads, workers, window, skip)
 
     return WorkerThreadsFeeder
 

@@ -31,6 +31,7 @@ class RunOptions:
     preprocess: str
     workers: int | None
     logits_positions: int  # 1: the engine's logits_to_keep=1; 0: the --full-logits lever
+    cache: str | None = None  # the vision-feature cache's folder (the repeat-question case), or none
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -119,7 +120,8 @@ def measure_mode(reranker, paths: Sequence[str], mode: str, label: str, options:
 
     cpu, start = time.process_time(), time.perf_counter()
     ranking = reranker.rank(options.query, paths, mode=mode, token_budget=options.token_budget,
-                            preprocess=options.preprocess, workers=options.workers, progress=on_progress)
+                            preprocess=options.preprocess, workers=options.workers, cache=options.cache,
+                            progress=on_progress)
     cpu = time.process_time() - cpu
     peak_rss, peak_nvml = sampler.window()
     per_image_ms: list[float] = []
@@ -162,6 +164,8 @@ def measure_mode(reranker, paths: Sequence[str], mode: str, label: str, options:
         "max_batch_images": max(batch_sizes, default=None),
         "token_budget_start": budgets[0] if budgets else None,
         "token_budget_end": budgets[-1] if budgets else None,
+        "cache_hits": ranking.cache_hits,
+        "cache_misses": ranking.cache_misses,
         "scores": [r.score for r in ranking.results],  # input order; None where not scored
     }
 

@@ -68,6 +68,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-torch-threads", type=int, metavar="N", help="lever: torch intra-op threads inside each preprocessing worker (the forward keeps its own)")
     parser.add_argument("--processor-device", metavar="DEVICE", help="lever: run the image processor's resize and normalisation on this device (e.g. cuda); decoding stays on the CPU")
     parser.add_argument("--memory-run", type=int, metavar="N", help="instead: score N images per mode and size, reporting peak memory as it goes")
+    parser.add_argument("--repeat-question", action="store_true",
+                        help="instead: ask about the same images twice with the vision-feature cache (cold, then warm "
+                        "with another query) and once without it; report what the cache spares and check the scores")
     parser.add_argument("--report-every", type=int, default=100, metavar="N", help="memory run: report every N images (default: 100)")
     parser.add_argument("--repeat", type=int, default=1, metavar="K", help="measure each mode and size K times, interleaved, and keep the median run (default: 1)")
     parser.add_argument("--query", default=DEFAULT_QUERY, help=f"the query text (default: {DEFAULT_QUERY!r})")
@@ -101,6 +104,7 @@ class Settings:
     worker_torch_threads: int | None
     processor_device: str | None
     memory_run: int | None
+    repeat_question: bool
     report_every: int
     repeat: int
     query: str
@@ -170,6 +174,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise BenchError("--query must not be empty")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise BenchError(f"--plot writes a PNG: give a path ending in .png (got {args.plot!r})")
+    if args.memory_run and args.repeat_question:
+        raise BenchError("--memory-run and --repeat-question are two different runs: choose one")
     if args.quantize != "none" and not args.model:
         raise BenchError("--quantize applies to a checkpoint: use it with --model")
     return Settings(
@@ -198,6 +204,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         worker_torch_threads=args.worker_torch_threads,
         processor_device=parse_device(args.processor_device),
         memory_run=args.memory_run,
+        repeat_question=args.repeat_question,
         report_every=args.report_every,
         repeat=args.repeat,
         query=args.query.strip(),

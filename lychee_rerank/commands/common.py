@@ -35,16 +35,18 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: bool = True) -> None:
-    """The arguments a RunSettings is built from (settings_from_args)."""
+def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: bool = True, query: bool = True) -> None:
+    """The arguments a RunSettings is built from (settings_from_args); ``query=False`` for a
+    command whose queries come later (the service: each request brings its own)."""
     from ..execution import MODES
     from ..loading import DTYPES
     from ..preprocess import PREPROCESS_MODES
     from ..quantization import QUANTIZE_MODES
 
-    parser.add_argument("--query", "-q", required=query_required,
-                        help="the query: Chinese, English or both (may be blank with --query-image)")
-    parser.add_argument("--query-image", metavar="PATH", help="an image that is part of the query")
+    if query:
+        parser.add_argument("--query", "-q", required=query_required,
+                            help="the query: Chinese, English or both (may be blank with --query-image)")
+        parser.add_argument("--query-image", metavar="PATH", help="an image that is part of the query")
     parser.add_argument("--instruction", help="the task instruction (the model is instruction-aware)")
     parser.add_argument("--model", help="hub id, local directory, or 'demo' (default: $LYCHEE_MODEL or vec-ai/lychee-rerank-mm)")
     parser.add_argument("--mode", choices=MODES, default="auto", help="auto = adaptive batching; sequential = memory-safe")
@@ -54,20 +56,70 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, query_required: b
     parser.add_argument("--max-pixels", type=positive_int, metavar="N", help="pixels per image after resizing (fewer = faster)")
     parser.add_argument("--preprocess", choices=PREPROCESS_MODES, default="exact",
                         help="exact = the model card's image path (default); fast = large JPEGs decoded at a reduced scale")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache", metavar="DIR",
+                       help="keep each image's vision features in DIR, so a later question about the same images skips "
+                       "decoding and the vision tower (default: $LYCHEE_CACHE/features; with --ray: off)")
+    cache.add_argument("--no-cache", action="store_true", help="do not use the vision-feature cache")
 
 
-def settings_from_args(args: argparse.Namespace):
-    """The run's one RunSettings, checked (UsageError, one sentence) before any model loads."""
+def settings_from_args(args: argparse.Namespace, **more):
+    """The run's one RunSettings, checked (UsageError, one sentence) before any model loads.
+    ``more``: further RunSettings fields (a command's own options, the service's stand-in query)."""
     from ..checks import InputError
     from ..settings import RunSettings
 
+    fields = {"query": getattr(args, "query", None), "query_image": getattr(args, "query_image", None), **more}
     try:
         return RunSettings.build(
-            args.query, model=args.model, dtype=args.dtype, quantize=args.quantize, instruction=args.instruction,
-            query_image=args.query_image, max_pixels=args.max_pixels, preprocess=args.preprocess, mode=args.mode,
+            fields.pop("query"), model=args.model, dtype=args.dtype, quantize=args.quantize,
+            instruction=args.instruction, max_pixels=args.max_pixels, preprocess=args.preprocess, mode=args.mode,
+            cache_dir=_cache_dir(args), **fields,
         )
     except InputError as exc:
         raise UsageError(str(exc)) from None
+
+
+def quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_reranker(model):
+    """The Reranker for ``model`` (a run's ModelSettings), its summary said on stderr; None when it
+    cannot be loaded (the reason said in one line)."""
+    from .. import ModelLoadError, Reranker
+
+    quiet_libraries()
+    try:
+        reranker = Reranker.load(model)
+    except ModelLoadError as exc:
+        say(str(exc))
+        return None
+    say(f"loaded {reranker.info.summary()}")
+    if reranker.info.is_demo:
+        say("demo model (random weights): the scores are meaningless")
+    return reranker
+
+
+def _cache_dir(args: argparse.Namespace) -> str | None:
+    """The feature cache's folder: --cache DIR (checked: UsageError), none with --no-cache, else the
+    default folder for a run in this process (said and skipped should it be unusable) and none on Ray
+    (every replica would write its own: name a shared folder with --cache)."""
+    from ..feature_cache import cache_dir_problem, default_cache_dir
+
+    if args.no_cache:
+        return None
+    folder = args.cache or (None if getattr(args, "ray", None) else default_cache_dir())
+    problem = folder and cache_dir_problem(folder)  # created and checked writable before any model loads
+    if problem and args.cache:
+        raise UsageError(f"--cache: {problem}")
+    if problem:
+        say(f"{problem}: the vision-feature cache is off for this run")
+        return None
+    return folder
 
 
 def _unwritable(path: str) -> str | None:
@@ -87,10 +139,11 @@ def _unwritable(path: str) -> str | None:
 def check_outputs(args: argparse.Namespace) -> None:
     from ..export import same_file
 
-    for flag, path in (("--csv", args.csv), ("--json", args.json)):
+    csv = getattr(args, "csv", None)  # the index command writes JSON only
+    for flag, path in (("--csv", csv), ("--json", args.json)):
         if path is not None and (problem := _unwritable(path)):
             raise UsageError(f"cannot write {flag} {path}: {problem}")
-    if args.csv and args.json and same_file(args.csv, args.json):
+    if csv and args.json and same_file(csv, args.json):
         raise UsageError("--csv and --json name the same file")
 
 
@@ -142,9 +195,16 @@ def format_table(results, top: int | None = None) -> str:
 
 def print_ranking(ranking, top: int | None, where: str = "", note: str = "") -> None:
     """The ranking table on stdout and a one-line summary on stderr (the rank command, Ray or not)."""
+    from ..results import describe_cache
+
     print(format_table(ranking.ranked(), top))
     how = ranking.mode + (f", {where}" if where else "")
     summary = f"{len(ranking.scored)} scored, {len(ranking.errors)} failed in {ranking.elapsed_s:.1f} s ({how})"
+    if ranking.retrieval is not None:
+        summary += (f"; the top {ranking.retrieval.retrieved} of {ranking.retrieval.searched} indexed images by "
+                    f"similarity, {ranking.not_retrieved} not scored (outside the top {ranking.retrieval.settings.k})")
+    if ranking.cache_hits is not None:
+        summary += f"; feature cache {describe_cache(ranking.cache_hits, ranking.cache_misses)}"
     if note:
         summary += f"; {note}"
     if ranking.pending:

@@ -13,74 +13,47 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 import time
 
-from .common import UsageError, check_outputs, find_inputs, print_ranking, say, settings_from_args, write_outputs
-
-
-class Interrupted(BaseException):
-    """A signal that cannot wait for the run to stop between forwards (see StopSignals)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class StopSignals:
-    """SIGINT and SIGTERM, handled alike. While images are being ranked, the first signal stops the
-    run between forwards (what finished is kept and written); at any other time (checking the
-    inputs, loading the model, writing the outputs), or on a second signal, Interrupted is raised."""
-
-    HANDLED = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.received: int | None = None
-        self.ranking = False
-        self.phase = "checking the inputs"
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> "StopSignals":
-        for signum in self.HANDLED:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, _frame) -> None:
-        first = self.received is None
-        self.received = self.received or signum
-        if self.ranking and first:
-            self.stop.set()
-            return
-        raise Interrupted(signum)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.received or signal.SIGINT)
-
-
-def quiet_libraries() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+from .common import (
+    UsageError, check_outputs, find_inputs, load_reranker, print_ranking, say, settings_from_args, write_outputs,
+)
+from .signals import Interrupted, StopSignals
 
 
 def run_rank(args: argparse.Namespace) -> int:
     from ..scale_out import asked_for, run_rank_command  # scale-out on Ray: lychee_rerank/scale_out/
 
     if asked_for(args):
+        if args.index:
+            raise UsageError("--index (search then rerank) runs in this process: leave out the Ray options")
         return run_rank_command(args)
+    return under_stop_signals(_rank, args)
+
+
+def under_stop_signals(command, args: argparse.Namespace) -> int:
+    """``command(args, signals)`` with SIGINT and SIGTERM handled (StopSignals); a signal it could
+    not wait for is one line and exit code 128 + the signal number."""
     with StopSignals() as signals:
         try:
-            return _rank(args, signals)
+            return command(args, signals)
         except Interrupted as exc:
             say(f"interrupted by {signal.Signals(exc.signum).name} while {signals.phase}")
             return 128 + exc.signum
+
+
+def _search(retrieval, settings):
+    """The first stage: load the index's embedder and search (None when the embedder cannot load)."""
+    from ..loading import ModelLoadError
+    from ..retrieval import Embedder, Index, search
+
+    try:
+        embedder = Embedder.load(retrieval.embedder)
+    except ModelLoadError as exc:
+        say(str(exc))
+        return None
+    say(f"loaded {embedder.info.summary()}")
+    return search(Index.open(retrieval.index), embedder, settings, retrieval)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -90,24 +63,28 @@ def _one_line(exc: BaseException) -> str:
 def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
     from tqdm import tqdm
 
-    from .. import ImageResult, InputError, ModelLoadError, Ranking, Reranker
+    from .. import ImageResult, InputError, Ranking
+    from ..retrieval.search import display_name, with_retrieval
+    from .retrieval import retrieval_from_args
 
-    if not args.paths:
-        raise UsageError("give image files or folders to rank (or --manifest FILE with --ray)")
+    retrieval = retrieval_from_args(args)  # rank --index DIR: search, then rerank the top K
+    if not args.paths and retrieval is None:
+        raise UsageError("give image files or folders to rank (or --manifest FILE with --ray, or --index DIR)")
     check_outputs(args)
     settings = settings_from_args(args)
-    images = find_inputs(args.paths)
+    images = find_inputs(args.paths) if retrieval is None else []
 
     signals.phase = "loading the model"
-    quiet_libraries()
-    try:
-        reranker = Reranker.load(settings.model)
-    except ModelLoadError as exc:
-        say(str(exc))
+    reranker = load_reranker(settings.model)
+    if reranker is None:
         return 1
-    say(f"loaded {reranker.info.summary()}")
-    if reranker.info.is_demo:
-        say("demo model (random weights): the scores are meaningless")
+    names = None
+    if retrieval is not None:
+        found = _search(retrieval, settings)
+        if found is None:
+            return 1
+        hits, searched = found
+        images, names = [h.file for h in hits], [display_name(h.file) for h in hits]
 
     bar = tqdm(total=len(images), unit="img", file=sys.stderr, dynamic_ncols=True)
     finished: dict[int, ImageResult] = {}
@@ -125,7 +102,7 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
         """The run as far as the progress events tell, should run() raise instead of returning."""
         return Ranking(
             query=settings.query, instruction=settings.instruction,
-            results=tuple(finished.get(i, ImageResult(i, name)) for i, name in enumerate(images)),
+            results=tuple(finished.get(i, ImageResult(i, name)) for i, name in enumerate(names or images)),
             mode=settings.mode, elapsed_s=time.perf_counter() - start, cancelled=cancelled,
             model=reranker.info.name, is_demo=reranker.info.is_demo, error=error, settings=settings,
             quantization=reranker.info.quantization,
@@ -133,7 +110,7 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
 
     signals.phase, signals.ranking = "ranking", True
     try:
-        ranking = reranker.run(settings, images, progress=on_progress, should_stop=signals.stop)
+        ranking = reranker.run(settings, images, names=names, progress=on_progress, should_stop=signals.stop)
     except InputError as exc:
         raise UsageError(str(exc)) from None
     except Interrupted:  # a second signal: stop now
@@ -144,6 +121,8 @@ def _rank(args: argparse.Namespace, signals: StopSignals) -> int:
         signals.phase, signals.ranking = "writing the outputs", False
         bar.close()
 
+    if retrieval is not None:
+        ranking = with_retrieval(ranking, hits, searched)
     print_ranking(ranking, args.top)
     written = write_outputs(args, ranking)
     if ranking.error:

@@ -3,8 +3,9 @@
 
 Ray is optional (requirements-ray.txt): importing this package does not import it (nor pyarrow).
 
+    from lychee_rerank import RunSettings
     from lychee_rerank.scale_out import rank_on_ray
-    run = rank_on_ray("一只猫 a cat", paths, address="local", workers=2, out_dir="results/")
+    run = rank_on_ray(RunSettings.build("一只猫 a cat", model="demo"), paths, address="local", workers=2, out_dir="results/")
     run.ranking.ranked()
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from ..commands.common import (
@@ -16,6 +17,7 @@ from ..commands.common import (
     settings_from_args,
     write_outputs,
 )
+from ..commands.signals import Interrupted, StopSignals
 
 
 def add_ray_arguments(rank: argparse.ArgumentParser) -> None:
@@ -37,6 +39,24 @@ def asked_for(args: argparse.Namespace) -> bool:
 
 
 def run_rank_command(args: argparse.Namespace) -> int:
+    """The Ray rank command. SIGINT and SIGTERM stop it as they stop the single-process command:
+    during the run, every finished chunk is kept and every requested output written (the rest marked
+    not scored), exit 128 + the signal; at any other time, at once with one line."""
+    with StopSignals() as signals:
+        try:
+            return _rank_on_ray(args, signals)
+        except Interrupted as exc:
+            say(f"interrupted by {signal.Signals(exc.signum).name} while {signals.phase}" + _resume_hint(args))
+            return 128 + exc.signum
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    if args.out:
+        return f"; finished results are in {args.out}: run the same command with --resume"
+    return "; without --out DIR there is nothing to resume from"
+
+
+def _rank_on_ray(args: argparse.Namespace, signals) -> int:
     from tqdm import tqdm
 
     from ..checks import InputError
@@ -69,39 +89,40 @@ def run_rank_command(args: argparse.Namespace) -> int:
         bar.total = event.total
         bar.update(event.done - bar.n)
 
+    def notice(message: str) -> None:
+        with tqdm.external_write_mode(file=sys.stderr):
+            say(message)
+
+    signals.phase = "running on Ray"
     try:
         try:
             run = rank_on_ray(
                 settings, images, manifest=args.manifest, address=args.ray, workers=args.workers,
                 chunk_size=args.chunk_size, out_dir=args.out, resume=args.resume, progress=on_progress,
+                notice=notice,
             )
         finally:
             bar.close()
-    except KeyboardInterrupt:  # while Ray starts or stops; in the scoring loop it only stops the run
-        say("interrupted" + (f"; finished results are in {args.out}: run again with --resume" if args.out else ""))
-        return 130
     except (InputError, OutDirError) as exc:
         raise UsageError(str(exc)) from None
     except ModelLoadError as exc:
         say(str(exc))
         return 1
     except ScaleOutError as exc:
-        say(str(exc))
-        if args.out:
-            say(f"finished results are in {args.out}: run again with --resume")
+        say(str(exc) + _resume_hint(args))
         return 1
 
+    signals.phase = "writing the outputs"
     ranking = run.ranking
     if ranking.is_demo:
         say("demo model (random weights): the scores are meaningless")
     where = f"{run.workers} Ray worker{'s' if run.workers > 1 else ''} on {'GPUs' if run.gpus_per_worker else 'CPU'}"
     print_ranking(ranking, args.top, where, f"{run.already_done} were already in {args.out}" if run.already_done else "")
+    if run.signal:
+        say(f"stopped by {signal.Signals(run.signal).name}" + _resume_hint(args))
     if ranking.error:
-        say(f"a replica stopped early: {ranking.error}")
-    if (ranking.cancelled or ranking.error) and args.out:
-        say("to finish, run the same command with --resume")
-    if not write_outputs(args, ranking):
+        say(f"the run did not finish: {ranking.error}" + _resume_hint(args))
+    written = write_outputs(args, ranking)
+    if ranking.error or not written:
         return 1
-    if ranking.cancelled:
-        return 130
-    return 1 if ranking.error else 0
+    return 128 + run.signal if run.signal else 0

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from .shards import REPLICA_SCHEMA, RESULT_COLUMNS
+from .shards import REPLICA_SCHEMA, RESULT_COLUMNS, first_line
 
 # Threads per replica fetching URI inputs (object stores answer slowly, one file at a time).
 FETCH_THREADS = 16
@@ -54,7 +54,7 @@ class Replica:
         try:
             return fetch(name), None
         except (OSError, ValueError, pa.ArrowException) as exc:
-            return None, f"cannot read {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            return None, f"cannot read {name}: {first_line(exc)}"
 
     def __call__(self, chunk: pa.Table) -> pa.Table:
         if self.load_error is not None:
@@ -69,7 +69,8 @@ class Replica:
         ranking = self.reranker.run(
             self.settings, [fetched[i][0] for i in readable], names=[names[i] for i in readable]
         )
-        common = {"mode": ranking.mode, "demo_model": self.reranker.info.is_demo}
+        info = self.reranker.info
+        common = {"mode": ranking.mode, "demo_model": info.is_demo, "quantization": info.quantization}
         rows = [{"name": n, "error": error, **common} for n, (_s, error) in zip(names, fetched)]
         for position, result in zip(readable, ranking.results):
             rows[position].update({column: getattr(result, column) for column in RESULT_COLUMNS})
