@@ -21,9 +21,12 @@ from ui import engine_text, fmt, style
 
 ENGINE = Path(__file__).resolve().parent.parent / "lychee_rerank"
 # What the app can show: the errors a run, a file, a folder or a model load reports to a user.
-USER_ERRORS = {"ImageError", "InputError", "ModelLoadError", "QuantizationError", "QueryTooLongError", "InputPathError"}
+USER_ERRORS = {
+    "ImageError", "InputError", "ModelLoadError", "QuantizationError", "QueryTooLongError", "InputPathError",
+    "IndexStoreError", "CacheUnavailable",
+}
 # The engine's command-line and scale-out parts: their messages reach a terminal, never the app.
-NOT_IN_THE_APP = {"bench", "scale_out", "commands", "cli.py", "export.py"}
+NOT_IN_THE_APP = {"bench", "scale_out", "service", "commands", "cli.py", "export.py"}
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -57,7 +60,7 @@ def engine_messages() -> list[tuple[str, str]]:
                 getattr(t, "id", "").endswith(("MESSAGE", "HINT")) or getattr(t, "id", "") == "message" for t in node.targets
             ):
                 texts = _sample(node.value)
-            elif isinstance(node, ast.FunctionDef) and node.name in ("_explain", "_too_long_message"):
+            elif isinstance(node, ast.FunctionDef) and node.name in ("_explain", "describe_load_failure", "_too_long_message"):
                 texts = [text for ret in ast.walk(node) if isinstance(ret, ast.Return) and ret.value for text in _sample(ret.value)]
             found += [(f"{path.relative_to(ENGINE)}:{node.lineno}", " ".join(text.split())) for text in texts]
     return found

@@ -60,6 +60,8 @@ TEMPLATES: tuple[tuple[str, str], ...] = (
      "{what}过长：加上提示词，查询共占 {tokens} 个 token（{part} {count} 个），而模型训练时的输入（含图片）"
      "最多 {limit} 个 token；请{advice}"),
     ("these settings are for {settings}, but this reranker holds {loaded}", "这些设置针对 {settings}，但当前加载的是 {loaded}"),
+    ("runs that share forwards must share the mode, the workers, the token budget and the feature cache",
+     "共享前向计算的任务必须使用相同的运行模式、工作线程数、token 预算和特征缓存"),
     ("{names} names for {images} images", "{names} 个名称对应 {images} 张图片"),
     # The run's settings (checks.py, settings.py)
     ("type a query (or give a query image) to rank the images against", "请输入查询（或提供查询图片），用于给图片排序"),
@@ -104,11 +106,39 @@ TEMPLATES: tuple[tuple[str, str], ...] = (
     ("not enough memory to load {name}: it needs about 17 GB of GPU memory in bf16 (load it in 8-bit or 4-bit, "
      "close other programs using the GPU, or use a larger GPU)",
      "内存不足，无法加载 {name}：bf16 下约需 17 GB 显存（请以 8-bit 或 4-bit 加载、关闭其他占用 GPU 的程序，或使用更大的 GPU）"),
+    ("not enough memory to load {name}: close other programs using the memory, or use a smaller model",
+     "内存不足，无法加载 {name}：请关闭其他占用内存的程序，或使用更小的模型"),
     ("could not load {name}: {detail}", "无法加载 {name}：{detail}"),
     ("{label} loading needs the bitsandbytes package (pip install bitsandbytes)",
      "{label} 加载需要 bitsandbytes 软件包（pip install bitsandbytes）"),
     ("{label} needs a CUDA GPU: the installed bitsandbytes {version} has no {device} backend",
      "{label} 需要 CUDA GPU：已安装的 bitsandbytes {version} 没有 {device} 后端"),
+    # The feature cache (feature_cache.py, settings.py)
+    ("the feature cache folder is empty; name a folder, or turn the cache off", "特征缓存文件夹为空；请指定一个文件夹，或关闭缓存"),
+    ("the feature cache folder {path} is a file, not a folder", "特征缓存文件夹 {path} 是文件，不是文件夹"),
+    ("the feature cache folder {path} cannot be created ({reason})", "无法创建特征缓存文件夹 {path}（{reason}）"),
+    ("the feature cache folder {path} is not writable", "特征缓存文件夹 {path} 不可写"),
+    ("LYCHEE_FEATURE_CACHE_GB must be a number of gigabytes, not {value}", "LYCHEE_FEATURE_CACHE_GB 必须是以 GB 为单位的数字，而不是 {value}"),
+    ("LYCHEE_FEATURE_CACHE_GB must be positive, not {value}", "LYCHEE_FEATURE_CACHE_GB 必须为正数，而不是 {value}"),
+    ("the model has no vision tower the cache knows", "该模型没有特征缓存能识别的视觉编码器"),
+    ("the vision tower's weights are offloaded, so their identity cannot be read",
+     "视觉编码器的权重已被卸载，无法读取其标识"),
+    # Searching the index (retrieval/)
+    ("{name} is not an image-text embedder (a SigLIP 2, SigLIP or CLIP checkpoint)",
+     "{name} 不是图文嵌入模型（SigLIP 2、SigLIP 或 CLIP 检查点）"),
+    ("cannot tell the width of this embedder's vectors from its config", "无法从配置中得知该嵌入模型的向量维度"),
+    ("the number of images to retrieve must be at least 1, not {value}", "要检索的图片数至少为 1，而不是 {value}"),
+    ("the index in {path} was built with the embedder {built}, not {asked}", "{path} 中的索引是用嵌入模型 {built} 建立的，而不是 {asked}"),
+    ("this index was built with the embedder {built}, not {asked}: use the same one, or build a new index in another folder",
+     "该索引是用嵌入模型 {built} 建立的，而不是 {asked}：请使用同一个模型，或在另一个文件夹中建立新索引"),
+    ("{path} is outside the index's root folder {root}", "{path} 位于索引的根文件夹 {root} 之外"),
+    ("there is no index in {path} (build one with the index command)", "{path} 中没有索引（请用 index 命令建立）"),
+    ("the index in {path} cannot be read ({reason})", "无法读取 {path} 中的索引（{reason}）"),
+    ("the index in {path} was made by another version: rebuild it in a new folder", "{path} 中的索引由其他版本建立：请在新文件夹中重建"),
+    ("{path} is a file, not a folder", "{path} 是文件，不是文件夹"),
+    ("{path} is not empty and holds no index: choose an empty or new folder", "{path} 不为空且不含索引：请选择空文件夹或新文件夹"),
+    ("cannot create an index in {path} ({reason})", "无法在 {path} 中建立索引（{reason}）"),
+    ("the index in {path} is being updated by another process", "{path} 中的索引正由另一个进程更新"),
 )
 
 # Pieces that fill the NESTED placeholders.

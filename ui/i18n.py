@@ -213,6 +213,15 @@ STRINGS: dict[str, tuple[str, str]] = {
         "将文件夹中新增和修改的图片写入搜索索引（已索引的文件不会重新读取）；之后查询时可只重排序最相似的图片。",
     ),
     "indexing": ("Indexing: {progress}", "正在建立索引：{progress}"),
+    "index_report": (
+        "{added} added, {changed} changed, {removed} removed, {unchanged} unchanged, {errors} errors; {embedded} "
+        "embedded in {elapsed}; {indexed} images indexed",
+        "新增 {added}，变更 {changed}，删除 {removed}，未变 {unchanged}，错误 {errors}；{elapsed} 内嵌入 {embedded} 张；"
+        "已索引 {indexed} 张图片",
+    ),
+    "index_report_pending": (
+        "; stopped with {n} not indexed yet (run again to finish)", "；已停止，还有 {n} 张未索引（再次运行即可完成）"
+    ),
     "stop_indexing": ("Stop", "停止"),
     "rerank_scope": ("Images to rerank", "重排序范围"),
     "scope_all": ("Rerank every image", "重排序所有图片"),

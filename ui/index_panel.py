@@ -22,7 +22,7 @@ from lychee_rerank.demo_model import cache_root
 from lychee_rerank.retrieval import DEFAULT_K, Embedder, Index, IndexStoreError, default_embedder, update_index
 from lychee_rerank.retrieval.store import key_of
 
-from . import fmt
+from . import engine_text, fmt
 from .i18n import t
 from .state import Item
 from .widgets import choice
@@ -107,8 +107,16 @@ def _live(job: IndexJob) -> None:
     event = job.progress
     bar, button = st.columns([5, 1], vertical_alignment="bottom")
     done = event.done / event.total if event and event.total else 0.0
-    bar.progress(done, text=t("indexing", progress=event.describe() if event else "…"))
+    bar.progress(done, text=t("indexing", progress=fmt.progress(event) if event else "…"))
     button.button(t("stop_indexing"), on_click=_stop, key="stop_index_button", icon=":material/stop_circle:")
+
+
+def _report(report) -> str:
+    """What an index update did, in the page's language (the engine's IndexReport.summary, worded)."""
+    text = t("index_report", added=report.added, changed=report.changed, removed=report.removed,
+             unchanged=report.unchanged, errors=report.errors, embedded=report.embedded,
+             elapsed=fmt.seconds(report.elapsed_s), indexed=report.indexed)
+    return text + (t("index_report_pending", n=report.pending) if report.pending else "")
 
 
 def _folder_key(folder: str) -> str:
@@ -146,9 +154,9 @@ def panel(root: Path, folder: str, items: list[Item]) -> int | None:
         if job is not None and job.running:
             _live(job)
         elif job is not None and job.error:
-            st.error(fmt.sentence(job.error), icon=":material/error:")
+            st.error(engine_text.sentence(job.error), icon=":material/error:")
         elif job is not None and job.report is not None:
-            st.caption(job.report.summary())
+            st.caption(_report(job.report))
         if index is None or index.count() == 0:
             return None
         mode = choice("radio", t("rerank_scope"), ("all", "top"), store_key="rerank_scope", default="all",
