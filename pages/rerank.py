@@ -316,6 +316,8 @@ def _same_files(run: Run, items: list[Item]) -> bool:
 @st.fragment(run_every=LIVE_REFRESH_S)
 def _live_panel() -> None:
     run: Run | None = st.session_state.get(RUN_KEY)
+    if run is not None and run.running and run.progress is not None and (run.progress.eta_s or 0) < LIVE_REFRESH_S:
+        run.wait(LIVE_REFRESH_S)  # about to end: show the results the moment it does, not at the next tick
     if run is None or not run.running:
         st.rerun()  # finished: redraw the whole page with the results
     with run.lock:

@@ -195,7 +195,9 @@ def keep_picture(item: Item, picture: Image.Image, size: tuple[int, int]) -> Non
         return
     scale = min(1.0, THUMB_SIDE / max(width, height))
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    _cache.get((item.digest, "thumb"), lambda: _jpeg(picture.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)))
+    # reduce() by whole factors first (a box filter), then a bilinear step: about 1 ms instead of 5 for
+    # a model-size picture, taken from the preprocessing threads the ranking runs on.
+    _cache.get((item.digest, "thumb"), lambda: _jpeg(picture.resize(target, Image.Resampling.BILINEAR, reducing_gap=1.0)))
     card_thumb(item)  # the gallery's square card too: nothing left to make when the results appear
 
 
