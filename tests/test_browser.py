@@ -78,6 +78,8 @@ def server(demo_cache, data_dir):
         "LYCHEE_INDEX_DIR": str(data_dir.parent / "library.index"),
         # a closed tab's session is kept 2 s for a reconnect (default 2 minutes): then it has ended
         "STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": "2",
+        # every line of Streamlit's log says its level, so that a warning cannot pass unnoticed
+        "STREAMLIT_LOGGER_MESSAGE_FORMAT": "%(asctime)s %(levelname)s %(name)s: %(message)s",
     }
     with streamlit_server(env, log_path=ARTIFACTS / "streamlit-server.log") as url:
         yield url
@@ -411,5 +413,6 @@ def test_the_server_logged_no_warning_and_no_stack_trace(server):
     """Last in this module: nothing the tests above did made the server log a warning or a traceback
     (Streamlit logs a widget given both a default and a session-state value, for one)."""
     log = (ARTIFACTS / "streamlit-server.log").read_text(encoding="utf-8", errors="replace")
-    bad = [line for line in log.splitlines() if re.search(r"\bWARNING\b|\bERROR\b|Traceback", line)]
+    bad = [line for line in log.splitlines()
+           if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback|Stack \(most recent call last\)|Warning:", line)]
     assert not bad, "\n".join(bad[:20])
