@@ -2,7 +2,7 @@
 
 How a run behaves:
 - it runs in a background thread (ui/state.Run), so clicks, filter changes and page switches never
-  interrupt it; a fragment polls its progress and the memory readout once a second; while another
+  interrupt it; a fragment polls its progress and the memory readout every 2 seconds; while another
   run holds the model it shows its place in the queue;
 - Stop sets an event the engine checks between forwards; every image finished so far is kept; a run
   whose browser tab is closed stops by itself within seconds;
@@ -44,7 +44,9 @@ UPLOADER_GENERATION_KEY = "uploader_generation"  # bumped to empty the uploaders
 ACTION_KEY = "pending_action"  # set by button callbacks, handled once in the script
 TOKEN_PRESETS = (256, 640, 1280)
 PIXELS_PER_TOKEN = 28 * 28
-LIVE_REFRESH_S = 1.0
+# Every 2 s, not 1: each tick reruns the panel and redraws the page, about 5% of a run's time on a
+# 2-core server that also runs the browser (docs/benchmarks.md, the app against the command line).
+LIVE_REFRESH_S = 2.0
 PERSIST = "session"  # inputs keep their values across page switches
 SKIPPED_SHOWN = 500  # rows of the skipped-files table
 NOT_RETRIEVED_KEY = "not_retrieved"  # search then rerank: the folder's images left out of the top K
@@ -421,6 +423,7 @@ def main() -> None:
         st.session_state.pop(RUN_KEY, None)
         st.session_state.pop(NOT_RETRIEVED_KEY, None)
         st.session_state.pop(results.VIEWER_KEY, None)
+        results.forget_zip()
         run = None
         if source != "server":
             _release_uploads()

@@ -349,6 +349,11 @@ STRINGS: dict[str, tuple[str, str]] = {
         "score, or select rows in the table.",
         "原始文件，按排名命名（001_名称.jpg……）。可用“显示前 K 张”或最低分数缩小范围，或在表格中选择行。",
     ),
+    "zip_download": ("Download {name} ({size})", "下载 {name}（{size}）"),
+    "zip_no_room": (
+        "Not enough free disk space on the server for this ZIP ({free} free): lower Show top K or select rows.",
+        "服务器磁盘空间不足以生成此 ZIP（剩余 {free}）：请减小“显示前 K 张”或在表格中选择行。",
+    ),
     "zip_too_big": (
         "Too large for one ZIP (at most {limit}): lower Show top K or select rows in the table.",
         "超出单个 ZIP 的上限（最多 {limit}）：请减小“显示前 K 张”或在表格中选择行。",

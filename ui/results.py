@@ -12,9 +12,11 @@ temporary file when the button is clicked, and Streamlit's copy of it is release
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import os
+import shutil
 import tempfile
 from typing import BinaryIO, Callable, Sequence
 
@@ -24,7 +26,7 @@ import streamlit as st
 from lychee_rerank import ImageError, ImageResult, RunSettings, archive, export
 from lychee_rerank.results import ranked
 
-from . import engine_text, fmt, media, session
+from . import downloads, engine_text, fmt, media, session
 from . import state as run_state
 from .i18n import t
 from .state import Run
@@ -41,7 +43,8 @@ PER_PAGE_OPTIONS = (20, 40, 80, 160)
 # images before it shows.
 TABLE_PREVIEW_ROWS = 300
 # Streamlit serves a download from its memory (its only way): beyond this, fewer images must be chosen.
-ZIP_LIMIT_BYTES = 1_000_000_000
+ZIP_LIMIT_BYTES = 1_000_000_000  # served from memory (Streamlit's download button, without the app's route)
+ZIP_READY_KEY = "zip_ready"  # the ZIP prepared on disk for this session: its address and what it holds
 ZIP_LEFT_OUT_NAMED = 3  # files named on the page when some cannot be read (NOT_INCLUDED.txt has them all)
 log = logging.getLogger("lychee_rerank.app")
 
@@ -247,10 +250,16 @@ def _zip_contents(run: Run, chosen: Sequence[ImageResult]) -> tuple[int, list[tu
 
 
 def _zip_button(run: Run, chosen: Sequence[ImageResult], selected: bool) -> list[tuple[str, str]]:
-    """The ZIP's download button; returns the chosen files it will leave out (unreadable)."""
+    """The ZIP's button; returns the chosen files it will leave out (unreadable). Served by the app's
+    own route, a ZIP is prepared on a first click and then downloaded from disk through a link (the
+    server's memory does not grow with it: ui/downloads.py); without that route, Streamlit's download
+    button serves it from memory, up to ZIP_LIMIT_BYTES."""
     total, unreadable = _zip_contents(run, chosen)
-    too_big = total > ZIP_LIMIT_BYTES
     label = t("zip_selected" if selected else "zip_shown", n=len(chosen), size=fmt.size(total))
+    if downloads.mounted():
+        _zip_link(run, chosen, label, total)
+        return unreadable
+    too_big = total > ZIP_LIMIT_BYTES
     help_text = t("zip_too_big", limit=fmt.size(ZIP_LIMIT_BYTES)) if too_big else t("zip_help")
     st.download_button(
         label, data=zip_maker(run, chosen), file_name=f"lychee-top-{len(chosen)}.zip", mime="application/zip",
@@ -259,6 +268,40 @@ def _zip_button(run: Run, chosen: Sequence[ImageResult], selected: bool) -> list
         help=help_text,
     )
     return unreadable
+
+
+def _zip_link(run: Run, chosen: Sequence[ImageResult], label: str, total: int) -> None:
+    """"Prepare", then a link to the prepared file; the link stays while the same images are chosen."""
+    key = tuple(r.index for r in chosen)
+    ready = st.session_state.get(ZIP_READY_KEY)
+    if ready is not None and ready["run"] is run and ready["key"] == key:
+        st.markdown(
+            f'<a class="lychee-download" href="{html.escape(ready["url"])}" download="{html.escape(ready["name"])}">'
+            f'{html.escape(t("zip_download", name=ready["name"], size=fmt.size(ready["bytes"])))}</a>',
+            unsafe_allow_html=True,
+        )
+        return
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    too_big = total > free
+    help_text = t("zip_no_room", free=fmt.size(free)) if too_big else t("zip_help")
+    st.button(label, key="prepare_zip", icon=":material/folder_zip:", disabled=too_big or not chosen, help=help_text,
+              on_click=_prepare_zip, args=(run, list(chosen), key))
+
+
+def forget_zip() -> None:
+    """Delete this session's prepared ZIP (Clear)."""
+    st.session_state.pop(ZIP_READY_KEY, None)
+    downloads.forget(session.session_id())
+
+
+def _prepare_zip(run: Run, chosen: list[ImageResult], key: tuple[int, ...]) -> None:
+    entries = archive.entries(chosen, lambda r: run.items[r.index].source)
+    name = f"lychee-top-{len(chosen)}.zip"
+    reports = []
+    url, size = downloads.prepare(session.session_id(), name, lambda file: reports.append(archive.write_zip(file, entries)))
+    if reports and reports[0].skipped:
+        log.warning("ZIP: %d file(s) left out: %s", len(reports[0].skipped), reports[0].skipped[:5])
+    st.session_state[ZIP_READY_KEY] = {"run": run, "key": key, "url": url, "name": name, "bytes": size}
 
 
 def _left_out(unreadable: list[tuple[str, str]]) -> None:

@@ -31,6 +31,12 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 log = logging.getLogger("lychee_rerank.app")
 
 
+def session_id() -> str:
+    """The current browser session's id ("" outside a script run)."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else ""
+
+
 def liveness() -> Callable[[], bool]:
     """A check, callable from any thread, that the current browser session is still connected."""
     ctx = get_script_run_ctx()
