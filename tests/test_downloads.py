@@ -15,7 +15,7 @@ from ui import downloads
 
 @pytest.fixture
 def client():
-    with TestClient(Starlette(routes=downloads.routes())) as test_client:
+    with TestClient(Starlette(routes=[downloads.route()])) as test_client:
         yield test_client
 
 

@@ -46,13 +46,18 @@ _mounted = False
 _directory: str | None = None
 
 
-def routes() -> list:
-    """The download route, for ``st.App(..., routes=routes())`` (under ``server.baseUrlPath``)."""
+def route():
+    """The download route (under ``server.baseUrlPath``)."""
     from starlette.routing import Route
 
+    return Route(_base_path() + ROUTE, _serve, methods=["GET", "HEAD"])
+
+
+def routes() -> list:
+    """The app's own routes, for ``st.App(..., routes=routes())``: from then on the page links to them."""
     global _mounted
     _mounted = True
-    return [Route(_base_path() + ROUTE, _serve, methods=["GET", "HEAD"])]
+    return [route()]
 
 
 def mounted() -> bool:

@@ -275,10 +275,11 @@ def _zip_link(run: Run, chosen: Sequence[ImageResult], label: str, total: int) -
     key = tuple(r.index for r in chosen)
     ready = st.session_state.get(ZIP_READY_KEY)
     if ready is not None and ready["run"] is run and ready["key"] == key:
-        st.markdown(
+        # A plain link with the download attribute: the browser saves the file, in this tab, as it
+        # comes (the app's values only, escaped: no file name of the user's is in it).
+        st.html(
             f'<a class="lychee-download" href="{html.escape(ready["url"])}" download="{html.escape(ready["name"])}">'
-            f'{html.escape(t("zip_download", name=ready["name"], size=fmt.size(ready["bytes"])))}</a>',
-            unsafe_allow_html=True,
+            f'{html.escape(t("zip_download", name=ready["name"], size=fmt.size(ready["bytes"])))}</a>'
         )
         return
     free = shutil.disk_usage(tempfile.gettempdir()).free
