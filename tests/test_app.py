@@ -975,3 +975,10 @@ def test_server_folder_is_indexed_and_search_then_rerank_scores_only_the_top_k(d
     assert sorted(r.retrieval_rank for r in run.results) == [1, 2]  # the first stage's place stays beside the score
     assert all(r.similarity is not None for r in run.results)
     assert any("the other 1 were not scored" in c.value for c in app.caption)
+    # on screen too: each card says where the search put it, and the table has the two columns
+    by_index = {r.index: r for r in run.results}
+    shown = [c.value for c in app.caption if c.value.startswith("search #")]
+    assert sorted(shown) == sorted(f"search #{r.retrieval_rank} · similarity {r.similarity:.3f}" for r in by_index.values())
+    app.segmented_control(key="view_as__en").set_value("table").run()
+    table = next(d.value for d in app.dataframe if "score" in d.value.columns)
+    assert sorted(zip(table["retrieval_rank"], table["file"])) == sorted((r.retrieval_rank, r.name) for r in by_index.values())

@@ -311,6 +311,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "nothing_matches": ("No image passes the filters.", "没有图片满足筛选条件。"),
     "no_results_yet": ("Nothing scored yet.", "尚无评分结果。"),
     "card_score": ("**#{rank}** · score {score}", "**#{rank}** · 分数 {score}"),
+    "card_retrieval": (
+        "search #{rank} · similarity {similarity}",
+        "检索第 {rank} · 相似度 {similarity}",
+    ),
     "previous": ("Previous", "上一张"),
     "next": ("Next", "下一张"),
     "viewer_position": ("{n} of {total} shown", "显示中的第 {n} / {total} 张"),
@@ -334,6 +338,12 @@ STRINGS: dict[str, tuple[str, str]] = {
         "按分辨率设置缩放后，模型实际看到的尺寸。",
     ),
     "col_tokens": ("Visual tokens", "视觉 token"),
+    "col_retrieval_rank": ("Search rank", "检索排名"),
+    "col_retrieval_rank_help": (
+        "Its place in the index search (the first stage) before Lychee reranked the top K.",
+        "Lychee 重新排序前，它在索引检索（第一阶段）中的名次。",
+    ),
+    "col_similarity": ("Similarity", "相似度"),
     "col_error": ("Error", "错误"),
     "tokens_unit": ("{n} visual tokens", "{n} 个视觉 token"),
     "download_csv": ("Download CSV", "下载 CSV"),

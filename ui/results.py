@@ -140,6 +140,8 @@ def _gallery(run: Run, shown: Sequence[ImageResult], ncols: int, per_page: int) 
             with column.container(border=True, key=f"card_{result.index}"):
                 st.image(media.card_thumb(item) or media.blank_card(), width="stretch")
                 st.markdown(t("card_score", rank=result.rank, score=f"{result.score:.4f}"))
+                if result.retrieval_rank is not None:  # search then rerank: where the first stage put it
+                    st.caption(t("card_retrieval", rank=result.retrieval_rank, similarity=f"{result.similarity:.3f}"))
                 # The file's name opens the viewer: one line, cut with an ellipsis. Hovering shows it whole
                 # (the browser does that for a cut label), with its folder when it has one.
                 own_name = media.download_name(item.name)
@@ -171,6 +173,9 @@ def _table(run: Run, shown: Sequence[ImageResult]) -> list[ImageResult]:
             "tokens": [r.visual_tokens for r in shown],
         }
     )
+    if any(r.retrieval_rank is not None for r in shown):  # search then rerank: the first stage beside the score
+        frame.insert(4, "retrieval_rank", [r.retrieval_rank for r in shown])
+        frame.insert(5, "similarity", [r.similarity for r in shown])
     if len(shown) > TABLE_PREVIEW_ROWS:
         st.caption(t("table_previews", n=TABLE_PREVIEW_ROWS))
     event = st.dataframe(
@@ -187,6 +192,8 @@ def _table(run: Run, shown: Sequence[ImageResult]) -> list[ImageResult]:
             "size": st.column_config.TextColumn(t("col_size"), help=t("col_size_help")),
             "model_size": st.column_config.TextColumn(t("col_model_size"), help=t("col_model_size_help")),
             "tokens": st.column_config.NumberColumn(t("col_tokens")),
+            "retrieval_rank": st.column_config.NumberColumn(t("col_retrieval_rank"), help=t("col_retrieval_rank_help")),
+            "similarity": st.column_config.NumberColumn(t("col_similarity"), format="%.3f"),
         },
         on_select="rerun",
         selection_mode="multi-row",
