@@ -135,5 +135,4 @@ async def _serve(request):
         return PlainTextResponse("This download has expired: prepare it again on the page.", status_code=404)
     # FileResponse sends the file in blocks, each after the last was taken: an unread request holds
     # one block, not the archive. Range requests (a resumed download) are answered too.
-    return FileResponse(prepared.path, filename=prepared.filename, media_type="application/zip"
-                        if prepared.filename.endswith(".zip") else None)
+    return FileResponse(prepared.path, filename=prepared.filename)  # its type from the name (.zip)
